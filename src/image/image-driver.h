@@ -1,0 +1,54 @@
+/*
+ * image-driver: the vtable every format driver implements (raw, vhd, qcow2).
+ * Only src/image/ includes this.
+ */
+#ifndef VD_IMAGE_DRIVER_H
+#define VD_IMAGE_DRIVER_H
+
+#include "image/image.h"
+
+struct vd_image {
+	const struct vd_image_driver *driver;
+	char *path;
+	struct vd_image_opts opts;
+	bool readonly;
+	bool corrupt;                /* set once metadata is found bad: writes fail */
+	/* driver state follows (image_state_size bytes) */
+	_Alignas(16) unsigned char state[];
+};
+
+struct vd_image_queue {
+	struct vd_image *img;
+	struct vd_ioctx *ioctx;
+	void *driver_state;          /* from queue_init */
+};
+
+struct vd_image_driver {
+	const char *name;                 /* "raw", "vhd", "qcow2" */
+	size_t image_state_size;          /* core allocates img->state */
+	size_t io_ctx_size;               /* per-request scratch at io->driver_ctx */
+	/* Score 0..100 for the first len bytes of the file (raw = 1). */
+	int (*probe)(const void *hdr, size_t len);
+	/* Control thread. Opens backing files through vd_file_open(). */
+	int (*open)(struct vd_image *img, const struct vd_image_opts *o, struct vd_err *err);
+	void (*close)(struct vd_image *img);
+	/* On the queue thread; may leave *state NULL. Optional. */
+	int (*queue_init)(struct vd_image *img, struct vd_image_queue *iq);
+	void (*queue_fini)(struct vd_image *img, struct vd_image_queue *iq);
+	/*
+	 * Queue thread. Completes exactly once through vd_image_io_done(),
+	 * possibly before returning only via the ioctx deferral (never a
+	 * direct callback from inside submit). Buffers may be guest memory.
+	 */
+	void (*submit)(struct vd_image *img, struct vd_image_queue *iq, struct vd_io *io);
+	int (*get_info)(struct vd_image *img, struct vd_image_info *info);
+	int (*create)(const char *path, uint64_t size_bytes, struct vd_err *err); /* optional */
+	int (*check)(struct vd_image *img, void *result);                        /* optional */
+};
+
+/* For drivers: finish io (runs io->cb). Call only from a vd_ioctx callback. */
+void vd_image_io_done(struct vd_io *io, int64_t result);
+
+extern const struct vd_image_driver vd_raw_driver;
+
+#endif

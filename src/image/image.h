@@ -1,0 +1,88 @@
+/*
+ * image: what the layers above see of a virtual disk, whatever its format.
+ *
+ * An image is opened once per worker (control thread) and then served by
+ * several queue threads, each through its own struct vd_image_queue
+ * (created on that thread, used only by it).
+ *
+ * Requests: struct vd_io, with byte offsets and lengths. READ/WRITE lengths
+ * and offsets are multiples of the image's sector_bytes; iov buffers are
+ * aligned to 512 bytes at least (4 KiB when coming from a queue's pool) and
+ * may be guest-visible memory. The callback runs exactly once on the
+ * queue's thread, from vd_ioctx_poll(), never inline from submit.
+ * result: bytes (READ/WRITE: len_bytes; others: 0) or -errno.
+ */
+#ifndef VD_IMAGE_H
+#define VD_IMAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include "common/err.h"
+#include "io/io.h"
+
+struct vd_image;
+struct vd_image_queue;
+struct vd_io;
+
+typedef void (*vd_io_cb)(struct vd_io *io, int64_t result);
+
+struct vd_io {
+	enum vd_io_op op;            /* READ, WRITE, FLUSH, DISCARD, WRITE_ZEROES */
+	uint64_t offset_bytes;
+	uint64_t len_bytes;
+	struct iovec *iov;           /* READ/WRITE only; borrowed until the callback */
+	int iovcnt;
+	vd_io_cb cb;
+	void *cb_arg;
+	/* private to the image layer and its driver */
+	struct vd_image_queue *iq;
+	struct vd_file_req freq;     /* for single-extent drivers such as raw */
+	void *driver_ctx;            /* io_ctx_size bytes, provided by the core */
+};
+
+struct vd_image_opts {
+	const char *format;          /* NULL or "auto": probe */
+	const char *io_backend;      /* "uring" (default), "sync", "null", "mem" */
+	bool readonly;
+	enum vd_cache_mode cache;
+	uint64_t size_bytes;         /* for null/mem backends */
+};
+
+struct vd_image_info {
+	const char *format;
+	uint64_t size_bytes;         /* virtual size */
+	uint32_t sector_bytes;       /* logical sector size: 512 or 4096 */
+	uint32_t physical_sector_bytes;
+	bool readonly;
+	bool discard;                /* DISCARD supported */
+	uint32_t discard_granularity_bytes;
+	uint32_t discard_alignment_bytes;
+	bool flush;                  /* FLUSH means something (false for null) */
+	uint64_t allocated_bytes;    /* space used on the host, if known */
+};
+
+int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_image **out,
+		  struct vd_err *err);
+void vd_image_close(struct vd_image *img);
+int vd_image_get_info(struct vd_image *img, struct vd_image_info *info);
+
+/* Create a new image file of the given format (raw for now). */
+int vd_image_create(const char *path, const char *format, uint64_t size_bytes,
+		    struct vd_err *err);
+
+/* On the queue thread that will use it; ioctx is that thread's reactor. */
+int vd_image_queue_create(struct vd_image *img, struct vd_ioctx *ioctx,
+			  struct vd_image_queue **out);
+void vd_image_queue_destroy(struct vd_image_queue *iq);
+
+/*
+ * Per-request scratch the driver needs (io_ctx_size). The caller provides
+ * that many bytes at io->driver_ctx (a queue sizes its pool with it).
+ */
+size_t vd_image_io_ctx_size(const struct vd_image *img);
+
+/* Submit; io->cb runs once, later, on this queue's thread. */
+void vd_image_submit(struct vd_image_queue *iq, struct vd_io *io);
+
+#endif
