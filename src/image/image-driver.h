@@ -12,7 +12,8 @@ struct vd_image {
 	char *path;
 	struct vd_image_opts opts;
 	bool readonly;
-	bool corrupt;                /* set once metadata is found bad: writes fail */
+	bool corrupt;              /* set once metadata is found bad: writes fail */
+	struct vd_image_info info; /* from get_info at open; the core's submit checks use it */
 	/* driver state follows (image_state_size bytes) */
 	_Alignas(16) unsigned char state[];
 };
@@ -20,13 +21,13 @@ struct vd_image {
 struct vd_image_queue {
 	struct vd_image *img;
 	struct vd_ioctx *ioctx;
-	void *driver_state;          /* from queue_init */
+	void *driver_state; /* from queue_init */
 };
 
 struct vd_image_driver {
-	const char *name;                 /* "raw", "vhd", "qcow2" */
-	size_t image_state_size;          /* core allocates img->state */
-	size_t io_ctx_size;               /* per-request scratch at io->driver_ctx */
+	const char *name;        /* "raw", "vhd", "qcow2" */
+	size_t image_state_size; /* core allocates img->state */
+	size_t io_ctx_size;      /* per-request scratch at io->driver_ctx */
 	/* Score 0..100 for the first len bytes of the file (raw = 1). */
 	int (*probe)(const void *hdr, size_t len);
 	/* Control thread. Opens backing files through vd_file_open(). */
@@ -42,12 +43,19 @@ struct vd_image_driver {
 	 */
 	void (*submit)(struct vd_image *img, struct vd_image_queue *iq, struct vd_io *io);
 	int (*get_info)(struct vd_image *img, struct vd_image_info *info);
-	int (*create)(const char *path, uint64_t size_bytes, struct vd_err *err); /* optional */
-	int (*check)(struct vd_image *img, void *result);                        /* optional */
+	/* Optional. flags: VD_IMAGE_CREATE_*. */
+	int (*create)(const char *path, uint64_t size_bytes, unsigned int flags,
+		      struct vd_err *err);
+	int (*check)(struct vd_image *img, void *result); /* optional */
 };
 
 /* For drivers: finish io (runs io->cb). Call only from a vd_ioctx callback. */
 void vd_image_io_done(struct vd_io *io, int64_t result);
+/* For drivers: finish io later (from vd_ioctx_poll), e.g. on an early error. */
+void vd_image_io_fail(struct vd_image_queue *iq, struct vd_io *io, int64_t result);
+/* For drivers: the image's file opened with the image's options (backend, cache, ro). */
+int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **out,
+		       struct vd_err *err);
 
 extern const struct vd_image_driver vd_raw_driver;
 

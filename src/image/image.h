@@ -28,38 +28,39 @@ struct vd_io;
 typedef void (*vd_io_cb)(struct vd_io *io, int64_t result);
 
 struct vd_io {
-	enum vd_io_op op;            /* READ, WRITE, FLUSH, DISCARD, WRITE_ZEROES */
+	enum vd_io_op op; /* READ, WRITE, FLUSH, DISCARD, WRITE_ZEROES */
 	uint64_t offset_bytes;
 	uint64_t len_bytes;
-	struct iovec *iov;           /* READ/WRITE only; borrowed until the callback */
+	struct iovec *iov; /* READ/WRITE only; borrowed until the callback */
 	int iovcnt;
 	vd_io_cb cb;
 	void *cb_arg;
 	/* private to the image layer and its driver */
 	struct vd_image_queue *iq;
-	struct vd_file_req freq;     /* for single-extent drivers such as raw */
-	void *driver_ctx;            /* io_ctx_size bytes, provided by the core */
+	struct vd_file_req freq; /* for single-extent drivers such as raw */
+	void *driver_ctx;        /* io_ctx_size bytes, provided by the core */
 };
 
 struct vd_image_opts {
-	const char *format;          /* NULL or "auto": probe */
-	const char *io_backend;      /* "uring" (default), "sync", "null", "mem" */
+	const char *format;     /* NULL or "auto": probe */
+	const char *io_backend; /* "uring" (default), "sync", "null", "mem";
+	                              * null/mem ignore the path ("null"/"mem" by convention) */
 	bool readonly;
 	enum vd_cache_mode cache;
-	uint64_t size_bytes;         /* for null/mem backends */
+	uint64_t size_bytes; /* for null/mem backends */
 };
 
 struct vd_image_info {
 	const char *format;
-	uint64_t size_bytes;         /* virtual size */
-	uint32_t sector_bytes;       /* logical sector size: 512 or 4096 */
+	uint64_t size_bytes;   /* virtual size */
+	uint32_t sector_bytes; /* logical sector size: 512 or 4096 */
 	uint32_t physical_sector_bytes;
 	bool readonly;
-	bool discard;                /* DISCARD supported */
+	bool discard; /* DISCARD supported */
 	uint32_t discard_granularity_bytes;
 	uint32_t discard_alignment_bytes;
-	bool flush;                  /* FLUSH means something (false for null) */
-	uint64_t allocated_bytes;    /* space used on the host, if known */
+	bool flush;               /* FLUSH means something (false for null) */
+	uint64_t allocated_bytes; /* space used on the host, if known */
 };
 
 int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_image **out,
@@ -67,9 +68,15 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 void vd_image_close(struct vd_image *img);
 int vd_image_get_info(struct vd_image *img, struct vd_image_info *info);
 
-/* Create a new image file of the given format (raw for now). */
-int vd_image_create(const char *path, const char *format, uint64_t size_bytes,
-		    struct vd_err *err);
+/*
+ * Create a new image file of the given format (NULL: raw). Refuses an
+ * existing path (-EEXIST) unless flags has VD_IMAGE_CREATE_OVERWRITE.
+ * size_bytes: a positive multiple of 512.
+ */
+#define VD_IMAGE_CREATE_OVERWRITE 0x1u
+int vd_image_create(const char *path, const char *format, uint64_t size_bytes, struct vd_err *err);
+int vd_image_create_ex(const char *path, const char *format, uint64_t size_bytes,
+		       unsigned int flags, struct vd_err *err);
 
 /* On the queue thread that will use it; ioctx is that thread's reactor. */
 int vd_image_queue_create(struct vd_image *img, struct vd_ioctx *ioctx,
@@ -82,7 +89,14 @@ void vd_image_queue_destroy(struct vd_image_queue *iq);
  */
 size_t vd_image_io_ctx_size(const struct vd_image *img);
 
-/* Submit; io->cb runs once, later, on this queue's thread. */
+/*
+ * Submit; io->cb runs once, later, on this queue's thread. The core checks
+ * every request as a last line of defence (the queue validates first):
+ * unknown op, misaligned offset/length (sector_bytes), overflow, bad iov
+ * -> -EINVAL; beyond the end -> -ENOSPC; write/discard/write-zeroes on a
+ * read-only image -> -EROFS, on a corrupt image -> -EIO; DISCARD without
+ * support -> -EOPNOTSUPP. io->freq and io->iq are overwritten.
+ */
 void vd_image_submit(struct vd_image_queue *iq, struct vd_io *io);
 
 #endif

@@ -42,14 +42,20 @@ typedef void (*vd_file_cb)(struct vd_file_req *req, int64_t result);
 struct vd_file_req {
 	enum vd_io_op op;
 	uint64_t offset_bytes;
-	uint64_t len_bytes;     /* READ/WRITE: sum of iov lengths */
-	struct iovec *iov;      /* borrowed until the callback */
+	uint64_t len_bytes; /* READ/WRITE: sum of iov lengths */
+	struct iovec *iov;  /* borrowed until the callback */
 	int iovcnt;
 	vd_file_cb cb;
 	void *cb_arg;
-	/* private to the io layer */
+	/* private to the io layer (vd_file_submit initialises it) */
 	struct vd_file_req *next_done;
 	int64_t result;
+	struct vd_file *file;
+	uint64_t done_bytes;    /* READ/WRITE: bytes transferred so far (short I/O) */
+	struct iovec *rest_iov; /* remainder after a short transfer (heap, rare) */
+	int rest_iovcnt;
+	uint8_t counted; /* included in vd_ioctx_inflight() */
+	uint8_t attempt; /* backend-private retry state */
 };
 
 enum vd_cache_mode {
@@ -60,50 +66,85 @@ enum vd_cache_mode {
 struct vd_file_opts {
 	bool readonly;
 	enum vd_cache_mode cache;
-	uint64_t size_bytes;    /* null and mem: the size to present */
+	uint64_t size_bytes; /* null and mem: the size to present */
 };
 
 struct vd_file_info {
 	uint64_t size_bytes;
-	uint32_t logical_block_bytes;   /* 512 or 4096: alignment O_DIRECT needs */
+	uint32_t logical_block_bytes; /* 512 or 4096: alignment O_DIRECT needs */
 	uint32_t physical_block_bytes;
+	uint32_t discard_granularity_bytes; /* 4096 for files, the device's for bdevs */
 	bool is_blockdev;
-	bool direct;                    /* O_DIRECT in effect */
-	bool discard;                   /* DISCARD supported */
+	bool direct;   /* O_DIRECT in effect */
+	bool discard;  /* DISCARD supported */
+	bool readonly; /* opened read-only: writes fail with -EROFS */
 };
 
 /*
- * Backend vtable. All ops run on any thread unless noted; submit runs on
- * the ioctx's thread.
+ * Request rules (checked by vd_file_submit, which completes a bad request
+ * with -EINVAL, and a WRITE/DISCARD/WRITE_ZEROES on a read-only file with
+ * -EROFS, both through the ioctx):
+ *  - READ/WRITE: iovcnt 1..IOV_MAX, sum of iov lengths == len_bytes > 0.
+ *  - With info.direct, offset_bytes, len_bytes and every iov element's base
+ *    and length must be multiples of info.logical_block_bytes (the kernel
+ *    refuses otherwise with -EINVAL). Without O_DIRECT, anything goes.
+ *  - READ past the end of the file/device: the missing part reads as zeroes
+ *    and result is still len_bytes. WRITE past the end of a device or of a
+ *    null/mem target fails (-ENOSPC); on a regular file it extends it.
+ *  - FLUSH ignores offset/len; DISCARD/WRITE_ZEROES use offset/len only.
+ *  - result: READ/WRITE len_bytes, FLUSH/DISCARD/WRITE_ZEROES 0, or -errno.
+ *
+ * Backend vtable. open/close/resize run on any (control) thread; submit and
+ * cqe run on the ioctx's thread.
  */
 struct vd_io_backend {
-	const char *name;            /* "uring", "sync", "null", "mem" */
-	size_t file_state_size;      /* the core allocates it zeroed after struct vd_file */
+	const char *name;       /* "uring", "sync", "null", "mem" */
+	size_t file_state_size; /* the core allocates it zeroed after struct vd_file */
 	int (*open)(struct vd_file *f, const char *path, const struct vd_file_opts *o,
 		    struct vd_err *err);
 	void (*close)(struct vd_file *f);
 	/* Queue one request on ctx; completion through vd_ioctx_complete(). */
 	void (*submit)(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req *req);
 	int (*resize)(struct vd_file *f, uint64_t size_bytes); /* optional */
+	/*
+	 * Optional, for backends that put SQEs on the ring (see io-int.h): a
+	 * CQE tagged with req arrived (res as the kernel gave it). NULL means
+	 * "complete req with res".
+	 */
+	void (*cqe)(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req *req, int32_t res);
 };
 
 struct vd_file {
 	const struct vd_io_backend *backend;
 	struct vd_file_info info;
-	int fd;                      /* -1 if none */
+	int fd; /* -1 if none */
 	char *path;
 	/* backend state follows (file_state_size bytes) */
 	_Alignas(16) unsigned char state[];
 };
 
-/* Backend by name; NULL if unknown. */
+/* Backend by name ("uring", "sync", "null", "mem"); NULL if unknown. */
 const struct vd_io_backend *vd_io_backend_find(const char *name);
 
+/*
+ * Open path with backend (NULL: "uring"). cache=DIRECT falls back to the
+ * page cache (one WARN) where the filesystem refuses O_DIRECT. null/mem
+ * ignore path and need o->size_bytes > 0. f->info describes the result.
+ */
 int vd_file_open(const char *backend, const char *path, const struct vd_file_opts *o,
 		 struct vd_file **out, struct vd_err *err);
-void vd_file_close(struct vd_file *f);
+void vd_file_close(struct vd_file *f); /* NULL is a no-op */
+/* On ctx's thread. req->cb runs later, from vd_ioctx_poll(). */
 void vd_file_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req *req);
-/* Synchronous helper for control-plane code (creates a temporary ioctx). */
+/* Change the size (regular files only; -EOPNOTSUPP otherwise). Control thread. */
+int vd_file_resize(struct vd_file *f, uint64_t size_bytes);
+/*
+ * Synchronous helper for control-plane code (creates a temporary ioctx, or
+ * uses pread/pwrite when io_uring is unavailable). Any op; buf, len and
+ * offset need no alignment (it bounces through an aligned buffer for
+ * O_DIRECT, read-modify-write for writes: do not race it with the datapath
+ * on the same blocks). Returns bytes (READ/WRITE), 0, or -errno.
+ */
 int64_t vd_file_rw_sync(struct vd_file *f, enum vd_io_op op, void *buf, uint64_t len_bytes,
 			uint64_t offset_bytes);
 
@@ -111,14 +152,25 @@ int64_t vd_file_rw_sync(struct vd_file *f, enum vd_io_op op, void *buf, uint64_t
 
 typedef void (*vd_poll_cb)(void *arg, int revents);
 
-/* entries: io_uring SQ size (the CQ is twice that). */
+/*
+ * entries: io_uring SQ size (the CQ is twice that; rounded up to a power of
+ * two, 1..4096). Any number of requests may be in flight: when the SQ is
+ * full the ioctx submits, and keeps what still does not fit on a backlog
+ * that vd_ioctx_poll() resubmits. Fails (-ENOSYS/-EPERM with a message)
+ * when io_uring is unavailable (old kernel, sysctl, seccomp).
+ */
 int vd_ioctx_create(unsigned int entries, struct vd_ioctx **out, struct vd_err *err);
+/* Requests still in flight are abandoned (their callbacks never run). NULL ok. */
 void vd_ioctx_destroy(struct vd_ioctx *ctx);
 struct io_uring *vd_ioctx_uring(struct vd_ioctx *ctx); /* for backends */
 
 /*
  * Watch fd for POLLIN (multishot where available): cb runs from
- * vd_ioctx_poll() each time the fd becomes readable. One watch per fd.
+ * vd_ioctx_poll() each time the fd becomes readable (level-triggered: the
+ * callback must drain the fd, e.g. read the eventfd). One watch per fd
+ * (-EEXIST). revents is a POLL* mask; POLLERR alone if the watch failed
+ * (it is then dropped). vd_ioctx_unwatch_fd may be called from any
+ * callback, including the watch's own; cb never runs after it returns.
  */
 int vd_ioctx_watch_fd(struct vd_ioctx *ctx, int fd, vd_poll_cb cb, void *arg);
 void vd_ioctx_unwatch_fd(struct vd_ioctx *ctx, int fd);
@@ -126,7 +178,7 @@ void vd_ioctx_unwatch_fd(struct vd_ioctx *ctx, int fd);
 /* For backends: finish req later, from vd_ioctx_poll(). */
 void vd_ioctx_complete(struct vd_ioctx *ctx, struct vd_file_req *req, int64_t result);
 
-/* Number of requests submitted and not yet completed. */
+/* Number of requests submitted (or deferred) whose callback has not run yet. */
 unsigned int vd_ioctx_inflight(const struct vd_ioctx *ctx);
 
 /*
@@ -138,7 +190,9 @@ int vd_ioctx_poll(struct vd_ioctx *ctx);
 
 /*
  * Submit and sleep until at least one completion or watched fd is ready, or
- * timeout_ns passes (0: no timeout). Then behaves as vd_ioctx_poll().
+ * timeout_ns passes (0: no timeout; returns at once if nothing is in flight
+ * and nothing is watched). Then behaves as vd_ioctx_poll(). Returns the
+ * number of callbacks run (0 on timeout) or -errno.
  */
 int vd_ioctx_wait(struct vd_ioctx *ctx, uint64_t timeout_ns);
 

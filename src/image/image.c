@@ -1,0 +1,349 @@
+/*
+ * image: the driver registry, format probing, and the checks every request
+ * passes before a driver sees it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/compiler.h"
+#include "common/log.h"
+#include "image/image-driver.h"
+
+#define PROBE_BYTES 4096
+
+static const struct vd_image_driver *const drivers[] = {
+	&vd_raw_driver,
+};
+
+static const struct vd_image_driver *find_driver(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < VD_ARRAY_SIZE(drivers); i++) {
+		if (strcmp(drivers[i]->name, name) == 0) {
+			return drivers[i];
+		}
+	}
+	return NULL;
+}
+
+int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **out,
+		       struct vd_err *err)
+{
+	struct vd_file_opts fo = {
+		.readonly = img->readonly,
+		.cache = img->opts.cache,
+		.size_bytes = img->opts.size_bytes,
+	};
+
+	return vd_file_open(img->opts.io_backend, path, &fo, out, err);
+}
+
+static int probe(const char *path, const struct vd_image_opts *o,
+		 const struct vd_image_driver **out, struct vd_err *err)
+{
+	struct vd_file_opts fo = {
+		.readonly = true,
+		.cache = VD_CACHE_WRITEBACK,
+		.size_bytes = o->size_bytes,
+	};
+	const struct vd_image_driver *best = NULL;
+	int best_score = 0;
+	struct vd_file *f;
+	int64_t got;
+	void *buf;
+	size_t i;
+	int ret;
+
+	ret = vd_file_open(o->io_backend, path, &fo, &f, err);
+	if (ret < 0) {
+		return ret;
+	}
+	if (posix_memalign(&buf, VD_PAGE_SIZE, PROBE_BYTES) != 0) {
+		vd_file_close(f);
+		return vd_err_set(err, ENOMEM, "out of memory");
+	}
+	/* past the end of a small file reads as zeroes */
+	got = vd_file_rw_sync(f, VD_IO_READ, buf, PROBE_BYTES, 0);
+	vd_file_close(f);
+	if (got < 0) {
+		free(buf);
+		return vd_err_set(err, (int)-got, "%s: cannot read the header: %s", path,
+				  strerror((int)-got));
+	}
+	for (i = 0; i < VD_ARRAY_SIZE(drivers); i++) {
+		int score = drivers[i]->probe ? drivers[i]->probe(buf, PROBE_BYTES) : 0;
+
+		if (score > best_score) {
+			best_score = score;
+			best = drivers[i];
+		}
+	}
+	free(buf);
+	if (!best) {
+		return vd_err_set(err, EINVAL, "%s: unknown image format", path);
+	}
+	*out = best;
+	return 0;
+}
+
+int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_image **out,
+		  struct vd_err *err)
+{
+	static const struct vd_image_opts defaults = { .cache = VD_CACHE_DIRECT };
+	const struct vd_image_driver *drv = NULL;
+	const struct vd_io_backend *be;
+	struct vd_image_opts opts;
+	struct vd_image *img;
+	int ret;
+
+	*out = NULL;
+	opts = o ? *o : defaults;
+	if (!opts.io_backend) {
+		opts.io_backend = "uring";
+	}
+	be = vd_io_backend_find(opts.io_backend);
+	if (!be) {
+		return vd_err_set(err, EINVAL, "unknown io backend '%s'", opts.io_backend);
+	}
+	opts.io_backend = be->name; /* static storage: the caller's string may go */
+	if (!path) {
+		path = be->name;
+	}
+	if (!opts.format || strcmp(opts.format, "auto") == 0) {
+		ret = probe(path, &opts, &drv, err);
+		if (ret < 0) {
+			return ret;
+		}
+	} else {
+		drv = find_driver(opts.format);
+		if (!drv) {
+			return vd_err_set(err, EINVAL, "unknown image format '%s'", opts.format);
+		}
+	}
+	opts.format = drv->name;
+	img = calloc(1, sizeof(*img) + drv->image_state_size);
+	if (!img) {
+		return vd_err_set(err, ENOMEM, "out of memory");
+	}
+	img->driver = drv;
+	img->opts = opts;
+	img->readonly = opts.readonly;
+	img->path = strdup(path);
+	if (!img->path) {
+		ret = vd_err_set(err, ENOMEM, "out of memory");
+		goto err_free;
+	}
+	ret = drv->open(img, &opts, err);
+	if (ret < 0) {
+		goto err_free_path;
+	}
+	ret = vd_image_get_info(img, &img->info);
+	if (ret < 0) {
+		vd_err_set(err, -ret, "%s: cannot read image information: %s", path,
+			   strerror(-ret));
+		goto err_close;
+	}
+	if (img->info.sector_bytes < 512 || img->info.sector_bytes > 65536 ||
+	    (img->info.sector_bytes & (img->info.sector_bytes - 1))) {
+		ret = vd_err_set(err, EINVAL, "%s: unusable sector size %u", path,
+				 img->info.sector_bytes);
+		goto err_close;
+	}
+	*out = img;
+	return 0;
+
+err_close:
+	drv->close(img);
+err_free_path:
+	free(img->path);
+err_free:
+	free(img);
+	return ret;
+}
+
+void vd_image_close(struct vd_image *img)
+{
+	if (!img) {
+		return;
+	}
+	img->driver->close(img);
+	free(img->path);
+	free(img);
+}
+
+int vd_image_get_info(struct vd_image *img, struct vd_image_info *info)
+{
+	int ret;
+
+	memset(info, 0, sizeof(*info));
+	ret = img->driver->get_info(img, info);
+	if (ret < 0) {
+		return ret;
+	}
+	info->format = img->driver->name;
+	info->readonly = info->readonly || img->readonly;
+	return 0;
+}
+
+int vd_image_create_ex(const char *path, const char *format, uint64_t size_bytes,
+		       unsigned int flags, struct vd_err *err)
+{
+	const struct vd_image_driver *drv;
+
+	if (!format) {
+		format = "raw";
+	}
+	drv = find_driver(format);
+	if (!drv) {
+		return vd_err_set(err, EINVAL, "unknown image format '%s'", format);
+	}
+	if (!drv->create) {
+		return vd_err_set(err, EOPNOTSUPP, "cannot create %s images", format);
+	}
+	if (!path || !*path) {
+		return vd_err_set(err, EINVAL, "no path given");
+	}
+	if (size_bytes == 0 || !VD_IS_ALIGNED(size_bytes, (uint64_t)VD_SECTOR_SIZE) ||
+	    size_bytes > (uint64_t)INT64_MAX) {
+		return vd_err_set(err, EINVAL, "size %llu is not a positive multiple of 512",
+				  (unsigned long long)size_bytes);
+	}
+	if (flags & ~VD_IMAGE_CREATE_OVERWRITE) {
+		return vd_err_set(err, EINVAL, "unknown create flags 0x%x", flags);
+	}
+	return drv->create(path, size_bytes, flags, err);
+}
+
+int vd_image_create(const char *path, const char *format, uint64_t size_bytes, struct vd_err *err)
+{
+	return vd_image_create_ex(path, format, size_bytes, 0, err);
+}
+
+int vd_image_queue_create(struct vd_image *img, struct vd_ioctx *ioctx, struct vd_image_queue **out)
+{
+	struct vd_image_queue *iq;
+	int ret;
+
+	*out = NULL;
+	iq = calloc(1, sizeof(*iq));
+	if (!iq) {
+		return -ENOMEM;
+	}
+	iq->img = img;
+	iq->ioctx = ioctx;
+	if (img->driver->queue_init) {
+		ret = img->driver->queue_init(img, iq);
+		if (ret < 0) {
+			free(iq);
+			return ret;
+		}
+	}
+	*out = iq;
+	return 0;
+}
+
+void vd_image_queue_destroy(struct vd_image_queue *iq)
+{
+	if (!iq) {
+		return;
+	}
+	if (iq->img->driver->queue_fini) {
+		iq->img->driver->queue_fini(iq->img, iq);
+	}
+	free(iq);
+}
+
+size_t vd_image_io_ctx_size(const struct vd_image *img)
+{
+	return img->driver->io_ctx_size;
+}
+
+void vd_image_io_done(struct vd_io *io, int64_t result)
+{
+	io->cb(io, result);
+}
+
+static void fail_cb(struct vd_file_req *req, int64_t result)
+{
+	vd_image_io_done(req->cb_arg, result);
+}
+
+void vd_image_io_fail(struct vd_image_queue *iq, struct vd_io *io, int64_t result)
+{
+	memset(&io->freq, 0, sizeof(io->freq));
+	io->freq.op = io->op;
+	io->freq.cb = fail_cb;
+	io->freq.cb_arg = io;
+	vd_ioctx_complete(iq->ioctx, &io->freq, result);
+}
+
+static int check_io(const struct vd_image *img, const struct vd_io *io)
+{
+	uint64_t sector = img->info.sector_bytes;
+	uint64_t sum = 0;
+	int i;
+
+	switch (io->op) {
+	case VD_IO_READ:
+	case VD_IO_WRITE:
+		if (!io->iov || io->iovcnt <= 0 || io->iovcnt > IOV_MAX) {
+			return -EINVAL;
+		}
+		for (i = 0; i < io->iovcnt; i++) {
+			if (io->iov[i].iov_len > UINT64_MAX - sum) {
+				return -EINVAL;
+			}
+			sum += io->iov[i].iov_len;
+		}
+		if (sum != io->len_bytes) {
+			return -EINVAL;
+		}
+		break;
+	case VD_IO_FLUSH:
+		return 0;
+	case VD_IO_DISCARD:
+	case VD_IO_WRITE_ZEROES:
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (io->len_bytes == 0 || !VD_IS_ALIGNED(io->offset_bytes, sector) ||
+	    !VD_IS_ALIGNED(io->len_bytes, sector) ||
+	    io->len_bytes > UINT64_MAX - io->offset_bytes) {
+		return -EINVAL;
+	}
+	if (io->offset_bytes + io->len_bytes > img->info.size_bytes) {
+		return -ENOSPC;
+	}
+	if (io->op == VD_IO_READ) {
+		return 0;
+	}
+	if (img->readonly) {
+		return -EROFS;
+	}
+	if (img->corrupt) {
+		return -EIO;
+	}
+	if (io->op == VD_IO_DISCARD && !img->info.discard) {
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
+void vd_image_submit(struct vd_image_queue *iq, struct vd_io *io)
+{
+	struct vd_image *img = iq->img;
+	int ret;
+
+	io->iq = iq;
+	ret = check_io(img, io);
+	if (ret < 0) {
+		vd_image_io_fail(iq, io, ret);
+		return;
+	}
+	img->driver->submit(img, iq, io);
+}

@@ -1,0 +1,558 @@
+/*
+ * ioctx: one thread's reactor. An io_uring carries file I/O and POLL_ADD
+ * watches; a FIFO of deferred completions lets backends that finish
+ * synchronously (sync, null, mem, errors) complete later, so callbacks never
+ * run inline from submit. A backlog holds requests that found the SQ full
+ * even after a submit (the CQ was overflowing): they are resubmitted from
+ * vd_ioctx_poll(), so no request is ever lost.
+ *
+ * user_data is a tagged pointer: the low 3 bits say what the high bits
+ * point to (requests and watches are at least 8-byte aligned).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <liburing.h>
+
+#include "common/compiler.h"
+#include "common/log.h"
+#include "io/io-int.h"
+
+#define TAG_REQ    0x0ull
+#define TAG_WATCH  0x1ull
+#define TAG_IGNORE 0x2ull
+#define TAG_MASK   0x7ull
+
+#define REAP_BATCH 64
+
+struct watch {
+	int fd;
+	vd_poll_cb cb;
+	void *arg;
+	bool armed;       /* a poll is outstanding: its final CQE is still to come */
+	bool dying;       /* unwatched: no more callbacks, freed after the final CQE */
+	bool need_arm;    /* arming found the SQ full: retry from poll */
+	bool need_remove; /* cancelling found the SQ full: retry from poll */
+	bool in_cb;
+	bool multishot;
+	struct watch *next;
+};
+
+struct vd_ioctx {
+	struct io_uring ring;
+	unsigned int cq_entries;
+	unsigned int inflight;
+	bool multishot;
+	unsigned int fixups; /* watches with need_arm/need_remove */
+	struct vd_file_req *done_head, *done_tail;
+	struct vd_file_req *backlog_head, *backlog_tail;
+	struct watch *watches; /* live */
+	struct watch *dying;   /* unwatched, waiting for their final CQE */
+};
+
+static_assert(_Alignof(struct vd_file_req) >= 8, "tag bits need 8-byte alignment");
+
+int vd_ioctx_create(unsigned int entries, struct vd_ioctx **out, struct vd_err *err)
+{
+	struct io_uring_params p;
+	struct vd_ioctx *ctx;
+	int ret;
+
+	*out = NULL;
+	if (entries == 0) {
+		entries = 1;
+	}
+	if (entries > 4096) {
+		entries = 4096;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx) {
+		return vd_err_set(err, ENOMEM, "out of memory for an io context");
+	}
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SUBMIT_ALL;
+	ret = io_uring_queue_init_params(entries, &ctx->ring, &p);
+	if (ret == -EINVAL) {
+		/* kernels before 5.18 refuse flags they do not know */
+		memset(&p, 0, sizeof(p));
+		ret = io_uring_queue_init_params(entries, &ctx->ring, &p);
+	}
+	if (ret < 0) {
+		free(ctx);
+		if (ret == -ENOSYS || ret == -EPERM || ret == -EACCES) {
+			return vd_err_set(
+				err, -ret,
+				"io_uring is unavailable (%s): the kernel lacks it, "
+				"sysctl kernel.io_uring_disabled forbids it, or a seccomp "
+				"filter (container runtime) blocks io_uring_setup",
+				strerror(-ret));
+		}
+		return vd_err_set(err, -ret, "io_uring_queue_init(%u entries): %s", entries,
+				  strerror(-ret));
+	}
+	ctx->cq_entries = p.cq_entries;
+	/* multishot POLL_ADD arrived in 5.13, with IORING_FEAT_RSRC_TAGS */
+	ctx->multishot = (p.features & IORING_FEAT_RSRC_TAGS) != 0;
+	*out = ctx;
+	return 0;
+}
+
+static void free_list(struct watch *w)
+{
+	while (w) {
+		struct watch *next = w->next;
+		free(w);
+		w = next;
+	}
+}
+
+void vd_ioctx_destroy(struct vd_ioctx *ctx)
+{
+	struct vd_file_req *r;
+
+	if (!ctx) {
+		return;
+	}
+	/* exiting the ring cancels every outstanding SQE: nothing touches our memory after */
+	io_uring_queue_exit(&ctx->ring);
+	free_list(ctx->watches);
+	free_list(ctx->dying);
+	for (r = ctx->done_head; r; r = r->next_done) {
+		free(r->rest_iov);
+		r->rest_iov = NULL;
+	}
+	for (r = ctx->backlog_head; r; r = r->next_done) {
+		free(r->rest_iov);
+		r->rest_iov = NULL;
+	}
+	free(ctx);
+}
+
+struct io_uring *vd_ioctx_uring(struct vd_ioctx *ctx)
+{
+	return &ctx->ring;
+}
+
+void vd_ioctx_set_multishot(struct vd_ioctx *ctx, bool on)
+{
+	ctx->multishot = on;
+}
+
+bool vd_ioctx_multishot(const struct vd_ioctx *ctx)
+{
+	return ctx->multishot;
+}
+
+unsigned int vd_ioctx_inflight(const struct vd_ioctx *ctx)
+{
+	return ctx->inflight;
+}
+
+struct io_uring_sqe *vd_ioctx_get_sqe(struct vd_ioctx *ctx)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ctx->ring);
+
+	if (!sqe) {
+		/* SQ full: push it to the kernel, then retry once */
+		(void)io_uring_submit(&ctx->ring);
+		sqe = io_uring_get_sqe(&ctx->ring);
+	}
+	return sqe;
+}
+
+void vd_ioctx_sqe_set_req(struct io_uring_sqe *sqe, struct vd_file_req *req)
+{
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)req | TAG_REQ);
+}
+
+void vd_ioctx_track(struct vd_ioctx *ctx, struct vd_file_req *req)
+{
+	if (!req->counted) {
+		req->counted = 1;
+		ctx->inflight++;
+	}
+}
+
+void vd_ioctx_backlog(struct vd_ioctx *ctx, struct vd_file_req *req)
+{
+	vd_ioctx_track(ctx, req);
+	req->next_done = NULL;
+	if (ctx->backlog_tail) {
+		ctx->backlog_tail->next_done = req;
+	} else {
+		ctx->backlog_head = req;
+	}
+	ctx->backlog_tail = req;
+}
+
+void vd_ioctx_complete(struct vd_ioctx *ctx, struct vd_file_req *req, int64_t result)
+{
+	vd_ioctx_track(ctx, req);
+	req->result = result;
+	req->next_done = NULL;
+	if (ctx->done_tail) {
+		ctx->done_tail->next_done = req;
+	} else {
+		ctx->done_head = req;
+	}
+	ctx->done_tail = req;
+}
+
+/* ---- fd watches ---- */
+
+static void arm(struct vd_ioctx *ctx, struct watch *w)
+{
+	struct io_uring_sqe *sqe = vd_ioctx_get_sqe(ctx);
+
+	if (!sqe) {
+		if (!w->need_arm) {
+			w->need_arm = true;
+			ctx->fixups++;
+		}
+		return;
+	}
+	if (w->need_arm) {
+		w->need_arm = false;
+		ctx->fixups--;
+	}
+	w->multishot = ctx->multishot;
+	if (w->multishot) {
+		io_uring_prep_poll_multishot(sqe, w->fd, POLLIN);
+	} else {
+		io_uring_prep_poll_add(sqe, w->fd, POLLIN);
+	}
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)w | TAG_WATCH);
+	w->armed = true;
+}
+
+static void cancel(struct vd_ioctx *ctx, struct watch *w)
+{
+	struct io_uring_sqe *sqe = vd_ioctx_get_sqe(ctx);
+
+	if (!sqe) {
+		if (!w->need_remove) {
+			w->need_remove = true;
+			ctx->fixups++;
+		}
+		return;
+	}
+	if (w->need_remove) {
+		w->need_remove = false;
+		ctx->fixups--;
+	}
+	io_uring_prep_poll_remove(sqe, (uint64_t)(uintptr_t)w | TAG_WATCH);
+	io_uring_sqe_set_data64(sqe, TAG_IGNORE);
+}
+
+static struct watch **find_watch(struct vd_ioctx *ctx, int fd)
+{
+	struct watch **pw;
+
+	for (pw = &ctx->watches; *pw; pw = &(*pw)->next) {
+		if ((*pw)->fd == fd) {
+			return pw;
+		}
+	}
+	return NULL;
+}
+
+int vd_ioctx_watch_fd(struct vd_ioctx *ctx, int fd, vd_poll_cb cb, void *arg)
+{
+	struct watch *w;
+
+	if (fd < 0 || !cb) {
+		return -EINVAL;
+	}
+	if (find_watch(ctx, fd)) {
+		return -EEXIST;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		return -ENOMEM;
+	}
+	w->fd = fd;
+	w->cb = cb;
+	w->arg = arg;
+	w->next = ctx->watches;
+	ctx->watches = w;
+	arm(ctx, w);
+	return 0;
+}
+
+static void unlink_dying(struct vd_ioctx *ctx, struct watch *w)
+{
+	struct watch **pw;
+
+	for (pw = &ctx->dying; *pw; pw = &(*pw)->next) {
+		if (*pw == w) {
+			*pw = w->next;
+			break;
+		}
+	}
+	if (w->need_arm) {
+		ctx->fixups--;
+	}
+	if (w->need_remove) {
+		ctx->fixups--;
+	}
+	free(w);
+}
+
+static void kill_watch(struct vd_ioctx *ctx, struct watch **pw)
+{
+	struct watch *w = *pw;
+
+	*pw = w->next;
+	w->dying = true;
+	w->next = ctx->dying;
+	ctx->dying = w;
+	if (w->need_arm) {
+		w->need_arm = false;
+		ctx->fixups--;
+	}
+	if (w->armed) {
+		cancel(ctx, w);
+	} else if (!w->in_cb) {
+		unlink_dying(ctx, w);
+	}
+	/* else: dispatch() frees it when the callback returns */
+}
+
+void vd_ioctx_unwatch_fd(struct vd_ioctx *ctx, int fd)
+{
+	struct watch **pw = find_watch(ctx, fd);
+
+	if (pw) {
+		kill_watch(ctx, pw);
+	}
+}
+
+static struct watch **live_slot(struct vd_ioctx *ctx, struct watch *w)
+{
+	struct watch **pw;
+
+	for (pw = &ctx->watches; *pw; pw = &(*pw)->next) {
+		if (*pw == w) {
+			return pw;
+		}
+	}
+	return NULL;
+}
+
+/* Returns the number of callbacks run (0 or 1). */
+static int dispatch_watch(struct vd_ioctx *ctx, struct watch *w, int32_t res, uint32_t flags)
+{
+	int ran = 0;
+
+	if (!(flags & IORING_CQE_F_MORE)) {
+		w->armed = false;
+	}
+	if (w->dying) {
+		if (!w->armed && !w->in_cb) {
+			unlink_dying(ctx, w);
+		}
+		return 0;
+	}
+	if (res == -EINVAL && w->multishot) {
+		/* kernel without multishot poll: fall back to re-armed single shots */
+		ctx->multishot = false;
+		if (!w->armed) {
+			arm(ctx, w);
+		}
+		return 0;
+	}
+	if (res == -ECANCELED) {
+		/* multishot ended by the kernel (e.g. CQ overflow): re-arm */
+		if (!w->armed) {
+			arm(ctx, w);
+		}
+		return 0;
+	}
+	w->in_cb = true;
+	if (res < 0) {
+		vd_log(VD_LOG_ERR, "io: poll on fd %d failed: %s", w->fd, strerror(-res));
+		w->cb(w->arg, POLLERR);
+		ran = 1;
+		w->in_cb = false;
+		if (!w->dying) {
+			struct watch **pw = live_slot(ctx, w);
+
+			if (pw) {
+				kill_watch(ctx, pw);
+			}
+		} else if (!w->armed) {
+			unlink_dying(ctx, w);
+		}
+		return ran;
+	}
+	w->cb(w->arg, res);
+	ran = 1;
+	w->in_cb = false;
+	if (w->dying) {
+		if (!w->armed) {
+			unlink_dying(ctx, w);
+		}
+	} else if (!w->armed) {
+		arm(ctx, w);
+	}
+	return ran;
+}
+
+static void do_fixups(struct vd_ioctx *ctx)
+{
+	struct watch *w, *next;
+
+	for (w = ctx->watches; w && ctx->fixups; w = w->next) {
+		if (w->need_arm) {
+			arm(ctx, w);
+		}
+	}
+	for (w = ctx->dying; w && ctx->fixups; w = next) {
+		next = w->next;
+		if (w->need_remove) {
+			cancel(ctx, w);
+		}
+	}
+}
+
+/* ---- the loop ---- */
+
+struct cqe_copy {
+	uint64_t user_data;
+	int32_t res;
+	uint32_t flags;
+};
+
+static int reap(struct vd_ioctx *ctx)
+{
+	struct io_uring_cqe *cqes[REAP_BATCH];
+	struct cqe_copy copy[REAP_BATCH];
+	unsigned int total = 0;
+	int ran = 0;
+
+	/* bounded, so that callbacks that keep resubmitting cannot starve the caller */
+	while (total < 2 * ctx->cq_entries) {
+		unsigned int n = io_uring_peek_batch_cqe(&ctx->ring, cqes, REAP_BATCH);
+		unsigned int i;
+
+		if (n == 0) {
+			break;
+		}
+		for (i = 0; i < n; i++) {
+			copy[i].user_data = cqes[i]->user_data;
+			copy[i].res = cqes[i]->res;
+			copy[i].flags = cqes[i]->flags;
+		}
+		io_uring_cq_advance(&ctx->ring, n);
+		total += n;
+		for (i = 0; i < n; i++) {
+			uint64_t ud = copy[i].user_data;
+			void *ptr = (void *)(uintptr_t)(ud & ~TAG_MASK);
+
+			if (ud == LIBURING_UDATA_TIMEOUT) {
+				continue;
+			}
+			switch (ud & TAG_MASK) {
+			case TAG_REQ: {
+				struct vd_file_req *req = ptr;
+				struct vd_file *f = req->file;
+
+				if (f && f->backend->cqe) {
+					f->backend->cqe(f, ctx, req, copy[i].res);
+				} else {
+					vd_ioctx_complete(ctx, req, copy[i].res);
+				}
+				break;
+			}
+			case TAG_WATCH:
+				ran += dispatch_watch(ctx, ptr, copy[i].res, copy[i].flags);
+				break;
+			default:
+				break;
+			}
+		}
+	}
+	return ran;
+}
+
+static void redrive_backlog(struct vd_ioctx *ctx)
+{
+	struct vd_file_req *r = ctx->backlog_head;
+
+	ctx->backlog_head = ctx->backlog_tail = NULL;
+	while (r) {
+		struct vd_file_req *next = r->next_done;
+
+		r->next_done = NULL;
+		r->file->backend->submit(r->file, ctx, r);
+		r = next;
+	}
+}
+
+static int run_done(struct vd_ioctx *ctx)
+{
+	struct vd_file_req *r = ctx->done_head;
+	int ran = 0;
+
+	ctx->done_head = ctx->done_tail = NULL;
+	while (r) {
+		struct vd_file_req *next = r->next_done;
+
+		assert(ctx->inflight > 0);
+		ctx->inflight--;
+		r->counted = 0;
+		r->next_done = NULL;
+		free(r->rest_iov);
+		r->rest_iov = NULL;
+		r->cb(r, r->result);
+		ran++;
+		r = next;
+	}
+	return ran;
+}
+
+int vd_ioctx_poll(struct vd_ioctx *ctx)
+{
+	int ran;
+
+	(void)io_uring_submit(&ctx->ring);
+	ran = reap(ctx);
+	if (ctx->fixups) {
+		do_fixups(ctx);
+	}
+	if (ctx->backlog_head) {
+		redrive_backlog(ctx);
+	}
+	ran += run_done(ctx);
+	if (io_uring_sq_ready(&ctx->ring)) {
+		(void)io_uring_submit(&ctx->ring);
+	}
+	return ran;
+}
+
+int vd_ioctx_wait(struct vd_ioctx *ctx, uint64_t timeout_ns)
+{
+	struct __kernel_timespec ts;
+	struct io_uring_cqe *cqe = NULL;
+	int ret;
+
+	if (ctx->done_head || ctx->backlog_head || ctx->fixups || io_uring_cq_ready(&ctx->ring)) {
+		return vd_ioctx_poll(ctx);
+	}
+	if (timeout_ns == 0 && ctx->inflight == 0 && !ctx->watches && !ctx->dying) {
+		/* nothing could ever wake us */
+		return vd_ioctx_poll(ctx);
+	}
+	if (timeout_ns) {
+		ts.tv_sec = (long long)(timeout_ns / 1000000000u);
+		ts.tv_nsec = (long long)(timeout_ns % 1000000000u);
+		ret = io_uring_submit_and_wait_timeout(&ctx->ring, &cqe, 1, &ts, NULL);
+	} else {
+		ret = io_uring_submit_and_wait(&ctx->ring, 1);
+	}
+	if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN) {
+		return ret;
+	}
+	return vd_ioctx_poll(ctx);
+}
