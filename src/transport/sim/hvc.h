@@ -44,6 +44,8 @@ struct vd_simdom {
 	struct grant_entry_v1 *gnttab;      /* nr_grant_entries entries */
 	uint32_t nr_grant_entries;
 	bool writable_gnttab;               /* guest side only */
+	int mem_fd;                         /* the RAM memfd (sealed size); -1 once unmapped */
+	int gnttab_fd;                      /* the grant table memfd; -1 once unmapped */
 };
 
 /* sim_dir: NULL = $VDISK_SIM_DIR or VD_SIM_DEFAULT_DIR. */
@@ -63,7 +65,14 @@ int vd_hvc_domain_create(struct vd_hvc *h, uint16_t domid, uint64_t mem_bytes,
 
 /* ---- backend side (dom0) ---- */
 
-/* Map domain domid's memory and grant table (read-only table). */
+/*
+ * Map domain domid's memory and grant table (read-only table). -ENOENT if
+ * the domain does not exist (or died), -EPERM from a guest connection.
+ * The mapping stays valid after the domain dies; unmap it with
+ * vd_hvc_domain_unmap(). vd_hvc_domain_create()'s *out is unmapped by
+ * vd_hvc_domain_unmap() too (after vd_hvc_close(), or before it: the domain
+ * lives as long as the connection).
+ */
 int vd_hvc_domain_map(struct vd_hvc *h, uint16_t domid, struct vd_simdom *out,
 		      struct vd_err *err);
 void vd_hvc_domain_unmap(struct vd_simdom *d);
@@ -79,7 +88,12 @@ int vd_simdom_check_grant(const struct vd_simdom *d, uint16_t self, uint32_t gre
 
 /* ---- event channels (both sides) ---- */
 
-/* Allocate an unbound port that remote_domid may bind; *fd is ours to poll. */
+/*
+ * Allocate an unbound port that remote_domid may bind. *fd (an eventfd,
+ * O_NONBLOCK|O_CLOEXEC) is the caller's: poll it, read it to consume
+ * events, close it after vd_hvc_evtchn_close(). The same holds for the *fd of
+ * vd_hvc_evtchn_bind_interdomain().
+ */
 int vd_hvc_evtchn_alloc_unbound(struct vd_hvc *h, uint16_t remote_domid, uint32_t *port,
 				int *fd);
 /* Bind to (remote_domid, remote_port); -EINVAL if it is not unbound for us. */
