@@ -24,15 +24,15 @@
 #include <xen/io/blkif.h>
 
 /* Our maxima, advertised in xenstore and enforced on every request. */
-#define VD_BLKIF_MAX_RING_PAGE_ORDER 4                      /* 16 pages */
-#define VD_BLKIF_MAX_RING_PAGES      (1u << VD_BLKIF_MAX_RING_PAGE_ORDER)
-#define VD_BLKIF_MAX_QUEUES          16
-#define VD_BLKIF_MAX_INDIRECT_SEGS   256                    /* feature-max-indirect-segments */
+#define VD_BLKIF_MAX_RING_PAGE_ORDER    4 /* 16 pages */
+#define VD_BLKIF_MAX_RING_PAGES         (1u << VD_BLKIF_MAX_RING_PAGE_ORDER)
+#define VD_BLKIF_MAX_QUEUES             16
+#define VD_BLKIF_MAX_INDIRECT_SEGS      256 /* feature-max-indirect-segments */
 #define VD_BLKIF_SEGS_PER_INDIRECT_PAGE (4096 / sizeof(struct blkif_request_segment)) /* 512 */
-#define VD_BLKIF_MAX_INDIRECT_PAGES  \
+#define VD_BLKIF_MAX_INDIRECT_PAGES                                           \
 	((VD_BLKIF_MAX_INDIRECT_SEGS + VD_BLKIF_SEGS_PER_INDIRECT_PAGE - 1) / \
-	 VD_BLKIF_SEGS_PER_INDIRECT_PAGE)                   /* 1 */
-#define VD_BLKIF_MAX_SEGS            VD_BLKIF_MAX_INDIRECT_SEGS
+	 VD_BLKIF_SEGS_PER_INDIRECT_PAGE) /* 1 */
+#define VD_BLKIF_MAX_SEGS VD_BLKIF_MAX_INDIRECT_SEGS
 
 enum vd_blkif_abi {
 	VD_BLKIF_ABI_NATIVE,
@@ -45,7 +45,7 @@ int vd_blkif_abi_parse(const char *protocol, enum vd_blkif_abi *out);
 
 struct vd_blkif_seg {
 	uint32_t gref;
-	uint8_t first_sect;          /* 512-byte sectors within the page, 0..7 */
+	uint8_t first_sect; /* 512-byte sectors within the page, 0..7 */
 	uint8_t last_sect;
 };
 
@@ -55,15 +55,16 @@ struct vd_blkif_seg {
  * the segments arrive later through vd_blkif_req_set_indirect_segs().
  */
 struct vd_blkif_req {
-	uint64_t id;                 /* echoed in the response, never interpreted */
-	uint8_t op;                  /* BLKIF_OP_READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE/DISCARD */
-	uint8_t wire_op;             /* op as on the ring (BLKIF_OP_INDIRECT for indirect) */
+	uint64_t id;     /* echoed in the response, never interpreted */
+	uint8_t op;      /* BLKIF_OP_READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE/DISCARD */
+	uint8_t wire_op; /* op as on the ring (BLKIF_OP_INDIRECT for indirect) */
 	bool indirect;
-	uint8_t discard_flags;       /* BLKIF_DISCARD_SECURE */
-	uint16_t nr_segs;
-	uint8_t nr_indirect_pages;
-	uint64_t sector_number;      /* 512-byte units, as on the wire */
-	uint64_t nr_sectors;         /* DISCARD only */
+	bool indirect_segs_set;    /* set by vd_blkif_req_set_indirect_segs() */
+	uint8_t discard_flags;     /* BLKIF_DISCARD_SECURE */
+	uint16_t nr_segs;          /* as on the wire until validated */
+	uint8_t nr_indirect_pages; /* ceil(nr_segs / 512) for indirect */
+	uint64_t sector_number;    /* 512-byte units, as on the wire */
+	uint64_t nr_sectors;       /* DISCARD only */
 	uint32_t indirect_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
 	/* Filled by validate: the byte range on the virtual disk. */
 	uint64_t offset_bytes;
@@ -74,13 +75,13 @@ struct vd_blkif_req {
 /* What this VBD accepts; from the image and our advertised features. */
 struct vd_blkif_limits {
 	uint64_t size_bytes;
-	uint32_t sector_bytes;       /* logical sector size (512 or 4096) */
+	uint32_t sector_bytes; /* logical sector size (512 or 4096) */
 	bool readonly;
-	bool flush;                  /* feature-flush-cache */
-	bool barrier;                /* feature-barrier */
-	bool discard;                /* feature-discard */
+	bool flush;   /* feature-flush-cache */
+	bool barrier; /* feature-barrier */
+	bool discard; /* feature-discard */
 	bool discard_secure;
-	uint16_t max_indirect_segs;  /* 0: indirect not offered */
+	uint16_t max_indirect_segs; /* 0: indirect not offered */
 };
 
 /*
@@ -89,6 +90,22 @@ struct vd_blkif_limits {
  * string for a (rate-limited) log line. For an indirect request this checks
  * the header; call it again after vd_blkif_req_set_indirect_segs() for the
  * segments (the second call sees nr_segs' segments filled in).
+ *
+ * The rules are xen-blkback's (dispatch_rw_block_io, xen_vbd_translate,
+ * dispatch_discard_io):
+ *  - unknown op, or flush/barrier/discard/indirect not offered: EOPNOTSUPP
+ *    (also a secure discard when discard_secure is off);
+ *  - READ/WRITE: 1..11 segments (indirect: 1..max_indirect_segs, in at most
+ *    VD_BLKIF_MAX_INDIRECT_PAGES pages, inner op READ or WRITE);
+ *    FLUSH_DISKCACHE and WRITE_BARRIER may carry 0..11 segments of data
+ *    (the queue layer does flush, write, flush);
+ *  - each segment first_sect <= last_sect <= 7; with sector_bytes 4096,
+ *    sector_number and every segment must be whole 4 KiB sectors;
+ *  - the byte range must not overflow and must end within size_bytes;
+ *  - anything but READ on a readonly VBD: ERROR;
+ *  - DISCARD: nr_sectors >= 1, aligned to sector_bytes, within size_bytes.
+ * offset_bytes = sector_number * 512, len_bytes = the data (or discard)
+ * length; for flush without data len_bytes is 0.
  */
 int vd_blkif_req_validate(struct vd_blkif_req *req, const struct vd_blkif_limits *lim,
 			  const char **why);
@@ -104,20 +121,27 @@ void vd_blkif_req_set_indirect_segs(struct vd_blkif_req *req, const void *const 
 
 struct vd_blkif_ring {
 	enum vd_blkif_abi abi;
-	unsigned int nr_ents;        /* ring size in requests (power of two) */
-	void *sring;                 /* mapped shared page(s) */
-	RING_IDX req_cons;           /* private */
-	RING_IDX rsp_prod_pvt;       /* private */
-	RING_IDX nr_in_flight;       /* consumed requests not yet answered */
+	unsigned int nr_ents;  /* ring size in requests (power of two) */
+	void *sring;           /* mapped shared page(s) */
+	RING_IDX req_cons;     /* private */
+	RING_IDX rsp_prod_pvt; /* private */
+	RING_IDX nr_in_flight; /* consumed requests not yet answered (get ++,
+				      * put_rsp --); put_rsp with none is a bug */
 };
 
-/* sring: nr_pages mapped pages; initialises the private indices from it. */
+/*
+ * sring: nr_pages mapped pages (a power of two, 1..VD_BLKIF_MAX_RING_PAGES);
+ * initialises the private indices from the ring's rsp_prod (BACK_RING_ATTACH).
+ * nr_ents: 32 per page for every ABI (entries of 112 or 108 bytes).
+ * -EINVAL on a bad nr_pages or abi.
+ */
 int vd_blkif_ring_init(struct vd_blkif_ring *r, enum vd_blkif_abi abi, void *sring,
 		       unsigned int nr_pages);
 
 /*
  * Requests available to consume, or -EPROTO if the guest's req_prod is
- * beyond what the ring can hold (the ring must then be halted).
+ * beyond what the ring can hold (req_prod - rsp_prod_pvt > nr_ents, or
+ * req_prod - req_cons > nr_ents: the ring must then be halted).
  */
 int vd_blkif_ring_pending(struct vd_blkif_ring *r);
 
@@ -126,8 +150,7 @@ int vd_blkif_ring_pending(struct vd_blkif_ring *r);
 void vd_blkif_ring_get(struct vd_blkif_ring *r, struct vd_blkif_req *req);
 
 /* Queue one response (status BLKIF_RSP_*); not visible until push. */
-void vd_blkif_ring_put_rsp(struct vd_blkif_ring *r, uint64_t id, uint8_t wire_op,
-			   int16_t status);
+void vd_blkif_ring_put_rsp(struct vd_blkif_ring *r, uint64_t id, uint8_t wire_op, int16_t status);
 
 /* Publish queued responses; returns true if the guest must be notified. */
 bool vd_blkif_ring_push_rsps(struct vd_blkif_ring *r);

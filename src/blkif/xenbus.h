@@ -23,20 +23,20 @@
 
 /* What the backend offers, written as feature-* and friends. */
 struct vd_blkif_caps {
-	uint64_t size_bytes;                /* "sectors" is in 512-byte units */
-	uint32_t sector_bytes;              /* "sector-size" */
-	uint32_t physical_sector_bytes;     /* "physical-sector-size" */
-	bool readonly;                      /* "info" VDISK_READONLY, and refuse writes */
+	uint64_t size_bytes;            /* "sectors" is in 512-byte units */
+	uint32_t sector_bytes;          /* "sector-size" */
+	uint32_t physical_sector_bytes; /* "physical-sector-size" */
+	bool readonly;                  /* "info" VDISK_READONLY, and refuse writes */
 	bool flush;
 	bool barrier;
 	bool discard;
 	uint32_t discard_granularity_bytes;
 	uint32_t discard_alignment_bytes;
 	bool discard_secure;
-	bool persistent;                    /* feature-persistent */
-	unsigned int max_queues;            /* multi-queue-max-queues, 1..VD_BLKIF_MAX_QUEUES */
-	unsigned int max_ring_page_order;   /* max-ring-page-order, 0..4 */
-	unsigned int max_indirect_segs;     /* feature-max-indirect-segments, 0 = off */
+	bool persistent;                  /* feature-persistent */
+	unsigned int max_queues;          /* multi-queue-max-queues, 1..VD_BLKIF_MAX_QUEUES */
+	unsigned int max_ring_page_order; /* max-ring-page-order, 0..4 */
+	unsigned int max_indirect_segs;   /* feature-max-indirect-segments, 0 = off */
 };
 
 /* The frontend's configuration, read and validated at connect. */
@@ -46,12 +46,12 @@ struct vd_blkif_fe_queue {
 };
 
 struct vd_blkif_fe_conf {
-	uint16_t domid;                     /* frontend-id */
+	uint16_t domid; /* frontend-id */
 	enum vd_blkif_abi abi;
-	unsigned int nr_queues;             /* 1..caps.max_queues */
-	unsigned int ring_page_order;       /* 0..caps.max_ring_page_order */
-	unsigned int nr_ring_pages;         /* 1 << ring_page_order */
-	bool persistent;                    /* both sides offered feature-persistent */
+	unsigned int nr_queues;       /* 1..caps.max_queues */
+	unsigned int ring_page_order; /* 0..caps.max_ring_page_order */
+	unsigned int nr_ring_pages;   /* 1 << ring_page_order */
+	bool persistent;              /* both sides offered feature-persistent */
 	struct vd_blkif_fe_queue queue[VD_BLKIF_MAX_QUEUES];
 };
 
@@ -91,13 +91,31 @@ void vd_xenbus_backend_destroy(struct vd_xenbus_backend *b);
  * Feed a watch event (from xs_read_watch) to the state machine. Returns
  * 1 when the VBD is finished (backend directory removed, or online=0 and
  * closed): the caller should destroy it; 0 otherwise.
+ *
+ * Tokens: "be" (watch on be_path and below) and "fe" (fe_path/state); other
+ * tokens are ignored. Every event re-reads xenstore, so duplicated, merged
+ * or stale events are harmless. Transitions (Linux blkback frontend_changed):
+ *   fe Initialised/Connected, we InitWait, not connected: read the frontend
+ *      conf, ops->connect, write Connected; any failure: error node + Closing.
+ *      Never a second connect while connected, never from Closing/Closed.
+ *   fe Initialising: if we are Closed (reconnect) or connected (the frontend
+ *      restarted without closing): disconnect if needed, back to InitWait.
+ *   fe Closing: disconnect, write Closing.
+ *   fe Closed, or fe state node gone after we started: disconnect, write
+ *      Closed; finished (1) if online=0.
+ *   fe state unparsable, InitWait or Reconfigur*: ignored.
+ *   be dir gone: disconnect, finished (nothing written).
+ *   online=0, or state Closing/Closed written by someone else: disconnect,
+ *      write Closed, finished.
  */
 int vd_xenbus_backend_handle_watch(struct vd_xenbus_backend *b, const char *path,
 				   const char *token);
 
 /*
  * A queue halted on a protocol violation or a fatal error: write
- * be_path/error and move to Closing (blkback's xenbus_dev_fatal).
+ * be_path/error as "<errno> <why>" and move to Closing (blkback's
+ * xenbus_dev_fatal). It does not call ops->disconnect: that follows when the
+ * frontend closes, or at detach/destroy.
  */
 void vd_xenbus_backend_fatal(struct vd_xenbus_backend *b, int errnum, const char *why);
 
