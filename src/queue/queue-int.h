@@ -1,0 +1,105 @@
+/*
+ * Private to src/queue/: the per-queue state and the per-request state.
+ * Everything here is owned by the queue's thread once it has started.
+ */
+#ifndef VD_QUEUE_INT_H
+#define VD_QUEUE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/queue.h>
+#include "queue/queue.h"
+
+#define VD_QUEUE_GCOPY_BATCH   1024  /* grant-copy segments per hypercall */
+#define VD_QUEUE_MIN_POOL_PAGES 512  /* >= one max indirect request (256) twice */
+#define VD_QUEUE_DEF_POOL_PAGES 4096 /* 16 MiB of bounce pages per queue at most */
+#define VD_QUEUE_MSG_SLOTS     64
+
+enum qreq_stage {
+	QREQ_FREE,
+	QREQ_WAITING,   /* parsed, waiting for bounce pages or a barrier */
+	QREQ_IO,        /* submitted to the image */
+	QREQ_DONE,      /* I/O finished, response pending */
+};
+
+/* One ring request from slot copy to response. */
+struct vd_qreq {
+	struct vd_blkif_req breq;        /* the private copy, validated */
+	struct vd_io io;
+	enum qreq_stage stage;
+	bool grant_failed;               /* some grant-copy segment failed */
+	uint8_t barrier_step;            /* WRITE_BARRIER: 0 flush, 1 write, 2 flush */
+	int64_t result;                  /* from the image: bytes or -errno */
+	uint64_t start_ns;
+	unsigned int nr_pages;
+	uint32_t *pages;                 /* pool page indices, VD_BLKIF_MAX_SEGS */
+	struct iovec *iov;               /* one per page, VD_BLKIF_MAX_SEGS */
+	void *indirect_page;             /* private copy of the indirect segment page */
+	TAILQ_ENTRY(vd_qreq) link;       /* free list, wait list or done list */
+};
+TAILQ_HEAD(vd_qreq_list, vd_qreq);
+
+/* Grant copies gathered for one hypercall; owner[i] is told if ops[i] fails. */
+struct vd_gbatch {
+	unsigned int n;
+	struct vd_gcopy ops[VD_QUEUE_GCOPY_BATCH];
+	struct vd_qreq *owner[VD_QUEUE_GCOPY_BATCH];
+};
+
+struct vd_queue_msg {
+	vd_queue_msg_fn fn;
+	void *arg;
+};
+
+struct vd_queue {
+	struct vd_queue_config cfg;
+	uint32_t ring_refs[VD_BLKIF_MAX_RING_PAGES];
+
+	/* Transport, ring and reactor: the queue thread's alone. */
+	struct vd_gnt *gnt;
+	struct vd_evtchn *evtchn;
+	void *sring;
+	struct vd_blkif_ring ring;
+	struct vd_ioctx *ioctx;
+	struct vd_image_queue *iq;
+
+	/* Requests: a pool sized by the ring, and three lists. */
+	struct vd_qreq *reqs;
+	unsigned int nr_reqs;
+	struct vd_qreq_list free_reqs;
+	struct vd_qreq_list waiting;     /* FIFO: parsed, not yet submitted */
+	struct vd_qreq_list done;        /* I/O finished, not yet answered */
+	unsigned int nr_io;              /* requests at the image */
+	struct vd_qreq *barrier;         /* the running WRITE_BARRIER, if any */
+
+	/* Bounce pages: one aligned region, a stack of free page indices. */
+	uint8_t *pool;
+	uint32_t nr_pool_pages;
+	uint32_t *free_pages;
+	uint32_t nr_free_pages;
+	void *indirect_pages;            /* nr_reqs * VD_BLKIF_MAX_INDIRECT_PAGES pages */
+	void *driver_ctx;                /* nr_reqs * io_ctx_size */
+
+	struct vd_gbatch *gbatch;        /* reused for each hypercall */
+	bool need_notify;                /* responses pushed, kick pending */
+	bool halted;                     /* protocol violation: ring no longer read */
+	bool stopping;                   /* draining for vd_queue_stop */
+	bool exit;                       /* thread loop ends */
+
+	/* Messages from other threads (slow path: a lock only when non-empty). */
+	int msg_fd;                      /* eventfd */
+	pthread_mutex_t msg_lock;
+	atomic_uint nr_msgs;
+	struct vd_queue_msg msgs[VD_QUEUE_MSG_SLOTS];
+
+	pthread_t thread;
+	bool thread_started;
+
+	struct vd_queue_stats stats;     /* written by the queue thread only */
+};
+
+/* Single-writer counters read by other threads: relaxed atomics. */
+#define VD_STAT_ADD(q, field, n) \
+	__atomic_store_n(&(q)->stats.field, (q)->stats.field + (n), __ATOMIC_RELAXED)
+
+#endif
