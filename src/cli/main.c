@@ -1,0 +1,441 @@
+/*
+ * vdisk <command> [args]: one command for images, VBDs and the simulator.
+ * Exit status: 0 ok, 1 runtime error ("vdisk: <what>: <why>"), 2 usage.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xenstore.h>
+#include "common/err.h"
+#include "common/log.h"
+#include "ctl/ctl.h"
+#include "image/image.h"
+#ifdef VD_HAVE_SIM_HV
+#include "sim/hv/hv.h"
+#endif
+#ifdef VD_HAVE_SIMGUEST
+#include "sim/guest/simguest.h"
+#endif
+
+#define EXIT_USAGE 2
+
+static void usage(FILE *f)
+{
+	(void)fputs(
+		"usage: vdisk <command> [args]\n"
+		"\n"
+		"VBDs (the toolstack's part, through xenstore; XENSTORED_PATH is honoured):\n"
+		"  attach DOMID VDEV IMAGE [--format raw] [--readonly] [--io uring|sync|null|mem]\n"
+		"         [--size BYTES] [--cache direct|writeback] [--max-queues N]\n"
+		"  detach DOMID VDEV [--timeout SECONDS] [--force]\n"
+		"  list [--json]\n"
+		"Images:\n"
+		"  create [-f raw] IMAGE SIZE        SIZE in bytes, or with K/M/G/T\n"
+		"  info IMAGE [--json]\n"
+		"Simulator:\n"
+		"  sim hv [--dir DIR]                the simulated hypervisor\n"
+		"  sim guest [options]               a simulated guest (--help)\n"
+		"Other:\n"
+		"  help, --help, --version\n"
+		"\n"
+		"VDEV is a number (51712) or a name (xvda, xvdb1, sda, hdc).\n",
+		f);
+}
+
+/*
+ * "vdisk: <msg>" where the first "%s" in msg (if any) is replaced by arg:
+ * no printf with a non-literal format.
+ */
+static int usage_error(const char *msg, const char *arg)
+{
+	const char *hole = strstr(msg, "%s");
+
+	(void)fputs("vdisk: ", stderr);
+	if (hole != NULL) {
+		(void)fwrite(msg, 1, (size_t)(hole - msg), stderr);
+		(void)fputs(arg != NULL ? arg : "", stderr);
+		(void)fputs(hole + 2, stderr);
+	} else {
+		(void)fputs(msg, stderr);
+	}
+	(void)fputs("\nTry 'vdisk help'.\n", stderr);
+	return EXIT_USAGE;
+}
+
+static int runtime_error(const struct vd_err *err)
+{
+	fprintf(stderr, "vdisk: %s\n", vd_err_msg(err));
+	return 1;
+}
+
+static struct xs_handle *open_xs(void)
+{
+	struct xs_handle *xs = xs_open(0);
+
+	if (xs == NULL) {
+		int e = errno;
+		const char *p = getenv("XENSTORED_PATH");
+
+		fprintf(stderr, "vdisk: connecting to xenstore%s%s: %s\n", p ? " at " : "",
+			p ? p : "", strerror(e));
+	}
+	return xs;
+}
+
+/* getopt_long over argv[0..argc): argv[0] is the subcommand. */
+static void reset_getopt(void)
+{
+	optind = 0; /* glibc: full re-initialisation */
+	opterr = 1;
+}
+
+static int cmd_attach(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "format", required_argument, NULL, 'f' },
+		{ "readonly", no_argument, NULL, 'r' },
+		{ "io", required_argument, NULL, 'i' },
+		{ "size", required_argument, NULL, 's' },
+		{ "cache", required_argument, NULL, 'c' },
+		{ "max-queues", required_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct vd_attach_opts o = { .check_image = true };
+	struct vd_err err = { 0 };
+	struct xs_handle *xs;
+	uint64_t v;
+	int c, r;
+
+	reset_getopt();
+	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			o.format = optarg;
+			break;
+		case 'r':
+			o.readonly = true;
+			break;
+		case 'i':
+			o.io_backend = optarg;
+			break;
+		case 's':
+			if (vd_ctl_parse_size(optarg, &o.size_bytes) < 0) {
+				return usage_error("invalid --size '%s'", optarg);
+			}
+			o.have_size = true;
+			break;
+		case 'c':
+			o.cache = optarg;
+			break;
+		case 'q':
+			if (vd_ctl_parse_u64(optarg, 16, &v) < 0 || v == 0) {
+				return usage_error("invalid --max-queues '%s' (1..16)", optarg);
+			}
+			o.max_queues = (unsigned int)v;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			return usage_error("attach: bad option", NULL);
+		}
+	}
+	if (argc - optind != 3) {
+		return usage_error("attach needs DOMID VDEV IMAGE", NULL);
+	}
+	if (vd_ctl_parse_domid(argv[optind], &o.domid) < 0) {
+		return usage_error("invalid DOMID '%s' (1..65534)", argv[optind]);
+	}
+	if (vd_ctl_parse_vdev(argv[optind + 1], &o.vdev) < 0) {
+		return usage_error("invalid VDEV '%s' (a number, or xvda, sdb, hdc...)",
+				   argv[optind + 1]);
+	}
+	if (!(argv[optind + 1][0] >= '0' && argv[optind + 1][0] <= '9')) {
+		o.vdev_name = argv[optind + 1];
+	}
+	o.image = argv[optind + 2];
+	xs = open_xs();
+	if (xs == NULL) {
+		return 1;
+	}
+	r = vd_ctl_attach(xs, &o, &err);
+	xs_close(xs);
+	if (r < 0) {
+		return runtime_error(&err);
+	}
+	return 0;
+}
+
+static int cmd_detach(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "timeout", required_argument, NULL, 't' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct vd_err err = { 0 };
+	unsigned int timeout_ms = 10000;
+	struct xs_handle *xs;
+	bool force = false;
+	uint16_t domid;
+	uint32_t vdev;
+	uint64_t v;
+	int c, r;
+
+	reset_getopt();
+	while ((c = getopt_long(argc, argv, "t:fh", lo, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			if (vd_ctl_parse_u64(optarg, 3600, &v) < 0) {
+				return usage_error("invalid --timeout '%s' (seconds, 0..3600)",
+						   optarg);
+			}
+			timeout_ms = (unsigned int)v * 1000u;
+			break;
+		case 'f':
+			force = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			return usage_error("detach: bad option", NULL);
+		}
+	}
+	if (argc - optind != 2) {
+		return usage_error("detach needs DOMID VDEV", NULL);
+	}
+	if (vd_ctl_parse_domid(argv[optind], &domid) < 0) {
+		return usage_error("invalid DOMID '%s' (1..65534)", argv[optind]);
+	}
+	if (vd_ctl_parse_vdev(argv[optind + 1], &vdev) < 0) {
+		return usage_error("invalid VDEV '%s'", argv[optind + 1]);
+	}
+	xs = open_xs();
+	if (xs == NULL) {
+		return 1;
+	}
+	r = vd_ctl_detach(xs, domid, vdev, timeout_ms, force, &err);
+	xs_close(xs);
+	if (r < 0) {
+		return runtime_error(&err);
+	}
+	return 0;
+}
+
+static int cmd_list(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct vd_err err = { 0 };
+	struct xs_handle *xs;
+	bool json = false;
+	int c, r;
+
+	reset_getopt();
+	while ((c = getopt_long(argc, argv, "jh", lo, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			return usage_error("list: bad option", NULL);
+		}
+	}
+	if (optind != argc) {
+		return usage_error("list: unexpected argument '%s'", argv[optind]);
+	}
+	xs = open_xs();
+	if (xs == NULL) {
+		return 1;
+	}
+	r = vd_ctl_list(xs, stdout, json, &err);
+	xs_close(xs);
+	if (r < 0) {
+		return runtime_error(&err);
+	}
+	return 0;
+}
+
+static int cmd_create(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "format", required_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *format = "raw";
+	struct vd_err err = { 0 };
+	uint64_t size;
+	int c, r;
+
+	reset_getopt();
+	while ((c = getopt_long(argc, argv, "f:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			format = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			return usage_error("create: bad option", NULL);
+		}
+	}
+	if (argc - optind != 2) {
+		return usage_error("create needs IMAGE SIZE", NULL);
+	}
+	r = vd_ctl_parse_size(argv[optind + 1], &size);
+	if (r < 0 || size == 0) {
+		return usage_error(r == -ERANGE ? "SIZE '%s' is too large"
+						: "invalid SIZE '%s' (bytes, or with K/M/G/T)",
+				   argv[optind + 1]);
+	}
+	r = vd_image_create(argv[optind], format, size, &err);
+	if (r < 0) {
+		if (err.errnum == 0) {
+			vd_err_set(&err, -r, "creating %s", argv[optind]);
+		}
+		return runtime_error(&err);
+	}
+	return 0;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct vd_image_opts o = { .readonly = true,
+				   .io_backend = "sync",
+				   .cache = VD_CACHE_WRITEBACK };
+	struct vd_err err = { 0 };
+	struct vd_image_info info;
+	struct vd_image *img;
+	bool json = false;
+	int c, r;
+
+	reset_getopt();
+	while ((c = getopt_long(argc, argv, "jh", lo, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			return usage_error("info: bad option", NULL);
+		}
+	}
+	if (argc - optind != 1) {
+		return usage_error("info needs IMAGE", NULL);
+	}
+	r = vd_image_open(argv[optind], &o, &img, &err);
+	if (r < 0) {
+		if (err.errnum == 0) {
+			vd_err_set(&err, -r, "opening %s", argv[optind]);
+		}
+		return runtime_error(&err);
+	}
+	r = vd_image_get_info(img, &info);
+	if (r < 0) {
+		vd_err_set(&err, -r, "reading %s", argv[optind]);
+		vd_image_close(img);
+		return runtime_error(&err);
+	}
+	const char *fmt = info.format != NULL ? info.format : "?";
+	if (json) {
+		(void)fputs("{\"image\": ", stdout);
+		vd_ctl_json_string(stdout, argv[optind]);
+		(void)fputs(", \"format\": ", stdout);
+		vd_ctl_json_string(stdout, fmt);
+		printf(", \"size_bytes\": %" PRIu64 ", \"sector_bytes\": %u, "
+		       "\"physical_sector_bytes\": %u, \"discard\": %s, "
+		       "\"discard_granularity_bytes\": %u, \"flush\": %s, "
+		       "\"allocated_bytes\": %" PRIu64 "}\n",
+		       info.size_bytes, info.sector_bytes, info.physical_sector_bytes,
+		       info.discard ? "true" : "false", info.discard_granularity_bytes,
+		       info.flush ? "true" : "false", info.allocated_bytes);
+	} else {
+		printf("image: %s\nformat: %s\nvirtual size: %" PRIu64 " bytes\n"
+		       "sector size: %u\nphysical sector size: %u\ndiscard: %s\n"
+		       "allocated: %" PRIu64 " bytes\n",
+		       argv[optind], fmt, info.size_bytes, info.sector_bytes,
+		       info.physical_sector_bytes, info.discard ? "yes" : "no",
+		       info.allocated_bytes);
+	}
+	vd_image_close(img);
+	return 0;
+}
+
+static int cmd_sim(int argc, char **argv)
+{
+	if (argc < 2) {
+		return usage_error("sim needs 'hv' or 'guest'", NULL);
+	}
+	if (strcmp(argv[1], "hv") == 0) {
+#ifdef VD_HAVE_SIM_HV
+		return vd_sim_hv_main(argc - 1, argv + 1);
+#else
+		fputs("vdisk: sim hv: not built in\n", stderr);
+		return 1;
+#endif
+	}
+	if (strcmp(argv[1], "guest") == 0) {
+#ifdef VD_HAVE_SIMGUEST
+		return vd_simguest_main(argc - 1, argv + 1);
+#else
+		fputs("vdisk: sim guest: not built in\n", stderr);
+		return 1;
+#endif
+	}
+	return usage_error("unknown sim command '%s' (hv, guest)", argv[1]);
+}
+
+struct cmd {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+};
+
+static const struct cmd g_cmds[] = {
+	{ "attach", cmd_attach }, { "detach", cmd_detach }, { "list", cmd_list },
+	{ "create", cmd_create }, { "info", cmd_info },     { "sim", cmd_sim },
+};
+
+int main(int argc, char **argv)
+{
+	vd_log_set_ident("vdisk");
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+		printf("vdisk %s\n", VD_VERSION);
+		return 0;
+	}
+	for (size_t i = 0; i < VD_ARRAY_SIZE(g_cmds); i++) {
+		if (strcmp(argv[1], g_cmds[i].name) == 0) {
+			return g_cmds[i].fn(argc - 1, argv + 1);
+		}
+	}
+	return usage_error("unknown command '%s'", argv[1]);
+}

@@ -1,0 +1,422 @@
+/*
+ * The worker process: serves one VBD. One control thread (this file) runs
+ * the xenbus state machine and owns the queues; each queue has its own
+ * thread. A queue that halts hands the reason over through a small
+ * lock-protected slot and an eventfd; the control thread then fails the
+ * VBD in xenstore (blkback's xenbus_dev_fatal).
+ *
+ * Everything waits in one poll(): xenstore watch fd, halt eventfd,
+ * signalfd. No timers, no busy loops.
+ */
+#define _GNU_SOURCE
+#include "ctl/ctl-int.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <xen/io/xenbus.h>
+#include "common/log.h"
+#include "queue/queue.h"
+#include "transport/transport.h"
+
+#define REFUSED_TOKEN "vdisk-refused"
+
+struct worker {
+	const struct vd_worker_opts *o;
+	char name[48]; /* "d5/51712" */
+	struct xs_handle *xs;
+	int sig_fd;
+	int halt_fd;
+	struct vd_vbd_conf conf;
+	struct vd_image *image;
+	struct vd_transport *transport;
+	bool domain_attached;
+	struct vd_blkif_caps caps;
+	struct vd_xenbus_backend *backend;
+
+	struct vd_queue *queues[VD_BLKIF_MAX_QUEUES];
+	unsigned int nr_queues; /* created (and started, once connect returns 0) */
+
+	pthread_mutex_t halt_lock; /* protects the slot below */
+	bool halt_pending;
+	unsigned int halt_qidx;
+	int halt_errnum;
+	char halt_why[128];
+};
+
+/* On a queue thread: only hand the news over. */
+static void on_halt(void *arg, unsigned int qidx, int errnum, const char *why)
+{
+	struct worker *w = arg;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&w->halt_lock);
+	if (!w->halt_pending) {
+		w->halt_pending = true;
+		w->halt_qidx = qidx;
+		w->halt_errnum = errnum;
+		snprintf(w->halt_why, sizeof(w->halt_why), "%s", why != NULL ? why : "halted");
+	}
+	pthread_mutex_unlock(&w->halt_lock);
+	if (write(w->halt_fd, &one, sizeof(one)) < 0) {
+		/* The counter cannot overflow in practice; the slot is set anyway. */
+	}
+}
+
+static void stop_queues(struct worker *w)
+{
+	for (unsigned int i = w->nr_queues; i-- > 0;) {
+		vd_queue_stop(w->queues[i]);
+	}
+	for (unsigned int i = w->nr_queues; i-- > 0;) {
+		vd_queue_destroy(w->queues[i]);
+		w->queues[i] = NULL;
+	}
+	w->nr_queues = 0;
+}
+
+static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd_err *err)
+{
+	struct worker *w = arg;
+	struct vd_queue_config qc;
+	int r = 0;
+
+	if (w->nr_queues != 0) {
+		/* A reconnect without a disconnect: start from scratch. */
+		stop_queues(w);
+	}
+	if (conf->nr_queues == 0 || conf->nr_queues > w->caps.max_queues ||
+	    conf->nr_queues > VD_BLKIF_MAX_QUEUES) {
+		return vd_err_set(err, EINVAL, "frontend asks for %u queues (max %u)",
+				  conf->nr_queues, w->caps.max_queues);
+	}
+	for (unsigned int i = 0; i < conf->nr_queues; i++) {
+		memset(&qc, 0, sizeof(qc));
+		qc.index = i;
+		snprintf(qc.name, sizeof(qc.name), "%s q%u", w->name, i);
+		qc.domid = conf->domid;
+		qc.abi = conf->abi;
+		qc.ring_refs = conf->queue[i].ring_refs;
+		qc.nr_ring_pages = conf->nr_ring_pages;
+		qc.remote_port = conf->queue[i].evtchn;
+		vd_vbd_make_limits(&w->caps, &qc.limits);
+		qc.transport = w->transport;
+		qc.image = w->image;
+		qc.on_halt = on_halt;
+		qc.on_halt_arg = w;
+		r = vd_queue_create(&qc, &w->queues[i], err);
+		if (r < 0) {
+			goto fail;
+		}
+		w->nr_queues = i + 1;
+	}
+	for (unsigned int i = 0; i < w->nr_queues; i++) {
+		r = vd_queue_start(w->queues[i], err);
+		if (r < 0) {
+			goto fail;
+		}
+	}
+	vd_log(VD_LOG_INFO, "connected: %u queue(s), ring order %u", conf->nr_queues,
+	       conf->ring_page_order);
+	return 0;
+fail:
+	vd_log(VD_LOG_ERR, "connect failed: %s", err != NULL ? vd_err_msg(err) : "error");
+	/* queue.h allows stopping a queue that never started. */
+	stop_queues(w);
+	return r;
+}
+
+static void vbd_disconnect(void *arg)
+{
+	struct worker *w = arg;
+
+	if (w->nr_queues != 0) {
+		vd_log(VD_LOG_INFO, "disconnecting %u queue(s)", w->nr_queues);
+	}
+	stop_queues(w);
+}
+
+static const struct vd_xenbus_backend_ops g_ops = {
+	.connect = vbd_connect,
+	.disconnect = vbd_disconnect,
+};
+
+static int setup_signals(struct worker *w)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) {
+		return -EINVAL;
+	}
+	w->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	return w->sig_fd < 0 ? -errno : 0;
+}
+
+/* True if a termination signal was read. */
+static bool got_signal(struct worker *w)
+{
+	struct signalfd_siginfo si;
+	bool any = false;
+
+	while (read(w->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		vd_log(VD_LOG_INFO, "signal %u: shutting down", si.ssi_signo);
+		any = true;
+	}
+	return any;
+}
+
+static void take_halt(struct worker *w)
+{
+	uint64_t cnt;
+	bool pending;
+	unsigned int qidx;
+	int errnum;
+	char why[sizeof(w->halt_why)];
+
+	if (read(w->halt_fd, &cnt, sizeof(cnt)) < 0) {
+		/* EAGAIN: nothing new; the slot is the truth. */
+	}
+	pthread_mutex_lock(&w->halt_lock);
+	pending = w->halt_pending;
+	qidx = w->halt_qidx;
+	errnum = w->halt_errnum;
+	memcpy(why, w->halt_why, sizeof(why));
+	w->halt_pending = false;
+	pthread_mutex_unlock(&w->halt_lock);
+	if (!pending) {
+		return;
+	}
+	vd_log(VD_LOG_ERR, "queue %u halted: %s (errno %d)", qidx, why, errnum);
+	if (w->backend != NULL) {
+		char msg[160];
+
+		snprintf(msg, sizeof(msg), "queue %u: %s", qidx, why);
+		vd_xenbus_backend_fatal(w->backend, errnum < 0 ? -errnum : errnum, msg);
+	}
+}
+
+/*
+ * We refused the VBD (reason already in xenstore, state Closing). Stay until
+ * the toolstack takes it away: online=0 gets state Closed (so `vdisk
+ * detach` completes), a removed dir or a signal ends us.
+ */
+static void wait_after_refusal(struct worker *w)
+{
+	const char *be = w->o->be_path;
+	int fd = xs_fileno(w->xs);
+
+	if (fd < 0 || !xs_watch(w->xs, be, REFUSED_TOKEN)) {
+		return;
+	}
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = fd, .events = POLLIN },
+			{ .fd = w->sig_fd, .events = POLLIN },
+		};
+		char **ev;
+		char *online;
+		int ex;
+
+		while ((ev = xs_check_watch(w->xs)) != NULL) {
+			free(ev);
+		}
+		if (errno != EAGAIN) {
+			break; /* xenstore connection lost */
+		}
+		ex = vd_ctl_xs_exists(w->xs, XBT_NULL, be);
+		if (ex <= 0) {
+			break;
+		}
+		online = vd_ctl_xs_read(w->xs, XBT_NULL, be, "online", 8);
+		if (online != NULL && strcmp(online, "0") == 0) {
+			free(online);
+			/* Only while the dir exists: never recreate it. */
+			vd_ctl_mark_closed(w->xs, be);
+			break;
+		}
+		free(online);
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR) {
+			break;
+		}
+		if ((pfd[1].revents & POLLIN) && got_signal(w)) {
+			break;
+		}
+	}
+	xs_unwatch(w->xs, be, REFUSED_TOKEN);
+}
+
+static void refuse(struct worker *w, const struct vd_err *err)
+{
+	const char *why = vd_err_msg(err);
+	int r;
+
+	vd_log(VD_LOG_ERR, "cannot serve %s: %s", w->o->be_path, why);
+	r = vd_ctl_report_error(w->xs, w->o->be_path, why);
+	if (r < 0) {
+		vd_log(VD_LOG_WARN, "could not report the error in xenstore: %s", strerror(-r));
+		return;
+	}
+	wait_after_refusal(w);
+}
+
+/* Returns 0 to exit cleanly, 1 on a xenstore failure. */
+static int serve(struct worker *w)
+{
+	int xs_fd = xs_fileno(w->xs);
+
+	for (;;) {
+		struct pollfd pfd[3] = {
+			{ .fd = xs_fd, .events = POLLIN },
+			{ .fd = w->halt_fd, .events = POLLIN },
+			{ .fd = w->sig_fd, .events = POLLIN },
+		};
+		char **ev;
+
+		if (poll(pfd, 3, -1) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			vd_log(VD_LOG_ERR, "poll: %s", strerror(errno));
+			return 1;
+		}
+		if ((pfd[2].revents & POLLIN) && got_signal(w)) {
+			return 0;
+		}
+		if (pfd[1].revents & POLLIN) {
+			take_halt(w);
+		}
+		if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			while ((ev = xs_check_watch(w->xs)) != NULL) {
+				int r = vd_xenbus_backend_handle_watch(
+					w->backend, ev[XS_WATCH_PATH], ev[XS_WATCH_TOKEN]);
+				free(ev);
+				if (r == 1) {
+					vd_log(VD_LOG_INFO, "VBD finished");
+					return 0;
+				}
+			}
+			if (errno != EAGAIN) {
+				vd_log(VD_LOG_ERR, "xenstore connection lost: %s", strerror(errno));
+				return 1;
+			}
+		}
+	}
+}
+
+int vd_worker_run(const struct vd_worker_opts *o)
+{
+	struct worker w = { .o = o, .sig_fd = -1, .halt_fd = -1 };
+	struct vd_err err = { 0 };
+	struct vd_image_opts iopts;
+	struct vd_image_info info;
+	char ident[64];
+	int rc = 1;
+	int r;
+
+	snprintf(w.name, sizeof(w.name), "d%u/%u", o->domid, o->devid);
+	snprintf(ident, sizeof(ident), "worker %s", w.name);
+	vd_log_set_ident(ident);
+	pthread_mutex_init(&w.halt_lock, NULL);
+
+	/* Signals first: threads (libxenstore's, the queues') inherit the mask. */
+	if (setup_signals(&w) < 0) {
+		vd_log(VD_LOG_ERR, "signalfd: %s", strerror(errno));
+		goto out;
+	}
+	w.halt_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w.halt_fd < 0) {
+		vd_log(VD_LOG_ERR, "eventfd: %s", strerror(errno));
+		goto out;
+	}
+	w.xs = xs_open(0);
+	if (w.xs == NULL) {
+		vd_log(VD_LOG_ERR, "cannot open xenstore: %s", strerror(errno));
+		goto out;
+	}
+	/* Before any watch: events are signalled on this fd only once it exists. */
+	if (xs_fileno(w.xs) < 0) {
+		vd_log(VD_LOG_ERR, "xenstore fd: %s", strerror(errno));
+		goto out;
+	}
+	rc = 0; /* from here on, failures are reported in xenstore, not by exit status */
+
+	r = vd_vbd_conf_read(w.xs, o->be_path, o->domid, &w.conf, &err);
+	if (r < 0) {
+		refuse(&w, &err);
+		goto out;
+	}
+	vd_vbd_image_opts(&w.conf, &iopts);
+	r = vd_image_open(w.conf.params, &iopts, &w.image, &err);
+	if (r < 0) {
+		if (err.errnum == 0) {
+			vd_err_set(&err, -r, "opening %s", w.conf.params);
+		}
+		refuse(&w, &err);
+		goto out;
+	}
+	r = vd_image_get_info(w.image, &info);
+	if (r < 0) {
+		vd_err_set(&err, -r, "reading the geometry of %s", w.conf.params);
+		refuse(&w, &err);
+		goto out;
+	}
+	vd_vbd_make_caps(&w.conf, &info, &w.caps);
+	vd_log(VD_LOG_INFO, "image %s: %s, %llu bytes, sector %u%s%s", w.conf.params,
+	       info.format != NULL ? info.format : "?", (unsigned long long)info.size_bytes,
+	       w.caps.sector_bytes, w.caps.readonly ? ", read-only" : "",
+	       w.caps.discard ? ", discard" : "");
+
+	r = vd_transport_open(o->transport != NULL ? o->transport : "xen", &w.transport, &err);
+	if (r < 0) {
+		refuse(&w, &err);
+		goto out;
+	}
+	r = vd_transport_attach_domain(w.transport, w.conf.frontend_id, &err);
+	if (r < 0) {
+		refuse(&w, &err);
+		goto out;
+	}
+	w.domain_attached = true;
+
+	r = vd_xenbus_backend_create(w.xs, o->be_path, &w.caps, &g_ops, &w, &w.backend, &err);
+	if (r < 0) {
+		refuse(&w, &err);
+		goto out;
+	}
+	rc = serve(&w);
+out:
+	/* Stop the queues first (in-flight I/O completes), then the state machine;
+	 * disconnect is idempotent, the backend may call it again. */
+	vbd_disconnect(&w);
+	if (w.backend != NULL) {
+		vd_xenbus_backend_destroy(w.backend);
+	}
+	if (w.domain_attached) {
+		vd_transport_detach_domain(w.transport, w.conf.frontend_id);
+	}
+	if (w.transport != NULL) {
+		vd_transport_close(w.transport);
+	}
+	if (w.image != NULL) {
+		vd_image_close(w.image);
+	}
+	vd_vbd_conf_fini(&w.conf);
+	xs_close(w.xs);
+	if (w.halt_fd >= 0) {
+		close(w.halt_fd);
+	}
+	if (w.sig_fd >= 0) {
+		close(w.sig_fd);
+	}
+	pthread_mutex_destroy(&w.halt_lock);
+	return rc;
+}
