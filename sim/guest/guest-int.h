@@ -343,6 +343,7 @@ struct vd_wl_stats {
 struct vd_wl_result {
 	struct vd_wl_stats st;
 	uint64_t elapsed_ns;
+	bool unplugged;                /* the backend started closing: stopped early */
 };
 
 struct vd_wl_params {

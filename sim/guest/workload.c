@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xen/io/xenbus.h>
 
 #include "common/log.h"
 #include "sim/guest/guest-int.h"
@@ -41,6 +42,7 @@ struct wl_shared {
 	uint64_t seq_off;
 	uint32_t next_gen;
 	bool stop;
+	unsigned int running;        /* queue threads still going (atomic) */
 	struct range_lock *locks;
 	unsigned int nr_locks;
 };
@@ -393,7 +395,33 @@ static void *queue_main(void *arg)
 		}
 	}
 	wq->st.unknown_ids = wq->q->unknown_ids;
+	__atomic_sub_fetch(&wq->sh->running, 1, __ATOMIC_RELEASE);
 	return NULL;
+}
+
+/*
+ * While the queues run, follow the backend's state as blkfront does: once
+ * the toolstack unplugs the disk (backend Closing or Closed, or its
+ * directory gone), issue nothing new and let what is in flight finish.
+ */
+static bool watch_backend(struct wl_shared *sh, struct vd_front *f)
+{
+	bool unplugged = false;
+
+	while (__atomic_load_n(&sh->running, __ATOMIC_ACQUIRE) > 0) {
+		int state = XenbusStateConnected;
+		int rc = vd_front_read_state(f, f->be_path, &state);
+
+		if (!unplugged && (rc == -ENOENT || state == XenbusStateClosing ||
+				   state == XenbusStateClosed)) {
+			unplugged = true;
+			pthread_mutex_lock(&sh->lock);
+			sh->stop = true;
+			pthread_mutex_unlock(&sh->lock);
+		}
+		usleep(20000);
+	}
+	return unplugged;
 }
 
 static int check_params(struct vd_front *f, const struct vd_wl_params *p, uint64_t size)
@@ -479,13 +507,18 @@ int vd_wl_run(struct vd_front *f, struct vd_model *model, const struct vd_wl_par
 		wq[i].rng = (p->seed + 1) * 0x9e3779b97f4a7c15ull + i * 0x632be59bd9b4e019ull;
 		wq[i].rng |= 1;
 		f->q[i]->unknown_ids = 0;
+		__atomic_add_fetch(&sh.running, 1, __ATOMIC_RELAXED);
 		rc = -pthread_create(&wq[i].thread, NULL, queue_main, &wq[i]);
 		if (rc < 0) {
+			__atomic_sub_fetch(&sh.running, 1, __ATOMIC_RELAXED);
+			pthread_mutex_lock(&sh.lock);
 			sh.stop = true;
+			pthread_mutex_unlock(&sh.lock);
 			break;
 		}
 		started++;
 	}
+	res->unplugged = watch_backend(&sh, f);
 	for (unsigned int i = 0; i < started; i++) {
 		pthread_join(wq[i].thread, NULL);
 		res->st.reads += wq[i].st.reads;
@@ -523,10 +556,10 @@ void vd_wl_print(const struct vd_wl_result *r, const struct vd_wl_params *p, boo
 		       ", \"mbps\": %.2f, \"lat_p50_us\": %" PRIu64 ", \"lat_p99_us\": %" PRIu64
 		       ", \"verification_errors\": %" PRIu64 ", \"io_errors\": %" PRIu64
 		       ", \"unknown_ids\": %" PRIu64 ", \"seed\": %" PRIu64 ", \"bs\": %" PRIu64
-		       "}\n",
+		       ", \"unplugged\": %s}\n",
 		       ops, st->reads, st->writes, st->flushes, st->discards, st->bytes, secs,
 		       iops, mbps, p50, p99, st->verify_errors, io_errors, st->unknown_ids,
-		       p->seed, p->bs);
+		       p->seed, p->bs, r->unplugged ? "true" : "false");
 		return;
 	}
 	printf("ops: %" PRIu64 " (reads %" PRIu64 ", writes %" PRIu64 ", flushes %" PRIu64
@@ -537,4 +570,7 @@ void vd_wl_print(const struct vd_wl_result *r, const struct vd_wl_params *p, boo
 	printf("lat p50: %" PRIu64 " us p99: %" PRIu64 " us\n", p50, p99);
 	printf("%" PRIu64 " verification errors\n", st->verify_errors);
 	printf("%" PRIu64 " I/O errors\n", io_errors);
+	if (r->unplugged) {
+		printf("backend closing: workload stopped early, in-flight I/O completed\n");
+	}
 }

@@ -559,11 +559,20 @@ static void do_connect(struct vd_xenbus_backend *b)
 	}
 }
 
-/* online=0, our directory gone, or the toolstack closing us: 1 if finished. */
+/*
+ * online=0, our directory gone, or the toolstack closing us: 1 if finished.
+ *
+ * Unplugging a live disk (libxl writes online=0 and state=5) does not cut
+ * the rings: as blkback, we go on serving until the frontend has drained
+ * its requests and closed, and disconnect then (frontend_changed). A
+ * toolstack that will not wait writes state=6 or removes the directory,
+ * and we disconnect at once.
+ */
 static int backend_changed(struct vd_xenbus_backend *b)
 {
 	uint64_t online = 1;
 	int state, rc;
+	bool forced, closing;
 
 	rc = vd_xenbus_read_state(b->xs, b->be_path, &state);
 	if (rc == -ENOENT) {
@@ -579,14 +588,21 @@ static int backend_changed(struct vd_xenbus_backend *b)
 	if (rc < 0) {
 		online = 1; /* absent or malformed: keep serving */
 	}
-	if (online == 0 ||
-	    (state != b->state && (state == XenbusStateClosing || state == XenbusStateClosed))) {
-		do_disconnect(b);
-		set_state(b, XenbusStateClosed);
-		b->finished = true;
-		return 1;
+	forced = state != b->state && state == XenbusStateClosed;
+	closing = online == 0 || (state != b->state && state == XenbusStateClosing);
+	if (!forced && !closing) {
+		return 0;
 	}
-	return 0;
+	if (b->connected && !forced) {
+		if (b->state != XenbusStateClosing) {
+			set_state(b, XenbusStateClosing);
+		}
+		return 0;
+	}
+	do_disconnect(b);
+	set_state(b, XenbusStateClosed);
+	b->finished = true;
+	return 1;
 }
 
 static int frontend_changed(struct vd_xenbus_backend *b)

@@ -594,8 +594,14 @@ static void test_connect_and_close(void **state)
 	/* vdisk detach: online=0, state=5 */
 	fsetf(BE, "online", "0");
 	fsetf(BE, "state", "5");
-	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/online", "be"), 1);
+	/* a live disk keeps its rings until the frontend has drained and closed */
+	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/online", "be"), 0);
+	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/state", "be"), 0);
+	assert_int_equal(o.disconnects, 1);
+	assert_int_equal(state_of(BE), XenbusStateClosing);
+	assert_int_equal(fe(b, XenbusStateClosing), 0);
 	assert_int_equal(o.disconnects, 2);
+	assert_int_equal(fe(b, XenbusStateClosed), 1);
 	assert_int_equal(state_of(BE), XenbusStateClosed);
 	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/state", "be"), 1);
 	vd_xenbus_backend_destroy(b);
@@ -715,18 +721,33 @@ static void test_toolstack_close_and_removal(void **state)
 	struct ops_rec o = { 0 };
 	struct vd_xenbus_backend *b;
 
-	/* the toolstack writes state=5 without online=0 */
+	/* the toolstack writes state=5 without online=0: serve until the frontend closes */
 	toolstack();
 	frontend_rings();
 	b = create(&o);
 	assert_int_equal(fe(b, XenbusStateInitialised), 0);
 	fsetf(BE, "state", "5");
+	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/state", "be"), 0);
+	assert_int_equal(o.disconnects, 0);
+	/* a toolstack that will not wait writes Closed: disconnect now */
+	fsetf(BE, "state", "6");
 	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/state", "be"), 1);
 	assert_int_equal(o.disconnects, 1);
 	assert_int_equal(state_of(BE), XenbusStateClosed);
 	/* finished: later events change nothing */
 	assert_int_equal(fe(b, XenbusStateInitialised), 1);
 	assert_int_equal(o.connects, 1);
+	vd_xenbus_backend_destroy(b);
+
+	/* online=0 before any frontend connected: finish at once */
+	freset();
+	memset(&o, 0, sizeof(o));
+	toolstack();
+	b = create(&o);
+	fsetf(BE, "online", "0");
+	fsetf(BE, "state", "5");
+	assert_int_equal(vd_xenbus_backend_handle_watch(b, BE "/online", "be"), 1);
+	assert_int_equal(state_of(BE), XenbusStateClosed);
 	vd_xenbus_backend_destroy(b);
 
 	/* the backend directory disappears */
