@@ -71,8 +71,7 @@ static int probe(const char *path, const struct vd_image_opts *o,
 	vd_file_close(f);
 	if (got < 0) {
 		free(buf);
-		return vd_err_set(err, (int)-got, "%s: cannot read the header: %s", path,
-				  strerror((int)-got));
+		return vd_err_set(err, (int)-got, "%s: cannot read the header", path);
 	}
 	for (i = 0; i < VD_ARRAY_SIZE(drivers); i++) {
 		int score = drivers[i]->probe ? drivers[i]->probe(buf, PROBE_BYTES) : 0;
@@ -143,8 +142,7 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 	}
 	ret = vd_image_get_info(img, &img->info);
 	if (ret < 0) {
-		vd_err_set(err, -ret, "%s: cannot read image information: %s", path,
-			   strerror(-ret));
+		vd_err_set(err, -ret, "%s: cannot read image information", path);
 		goto err_close;
 	}
 	if (img->info.sector_bytes < 512 || img->info.sector_bytes > 65536 ||

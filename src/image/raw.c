@@ -89,10 +89,10 @@ static int raw_create(const char *path, uint64_t size_bytes, unsigned int flags,
 		if (ret == EEXIST) {
 			return vd_err_set(err, ret, "%s already exists", path);
 		}
-		return vd_err_set(err, ret, "cannot create %s: %s", path, strerror(ret));
+		return vd_err_set(err, ret, "cannot create %s", path);
 	}
 	if (fstat(fd, &st) < 0) {
-		ret = vd_err_set(err, errno, "cannot stat %s: %s", path, strerror(errno));
+		ret = vd_err_set(err, errno, "cannot stat %s", path);
 		goto err_close;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -101,14 +101,14 @@ static int raw_create(const char *path, uint64_t size_bytes, unsigned int flags,
 	}
 	/* truncate to 0 first so that an overwritten image reads as zeroes */
 	if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)size_bytes) < 0) {
-		ret = vd_err_set(err, errno, "cannot size %s: %s", path, strerror(errno));
+		ret = vd_err_set(err, errno, "cannot size %s", path);
 		if (!overwrite) {
 			unlink(path);
 		}
 		goto err_close;
 	}
 	if (close(fd) < 0) {
-		return vd_err_set(err, errno, "closing %s: %s", path, strerror(errno));
+		return vd_err_set(err, errno, "closing %s", path);
 	}
 	return 0;
 

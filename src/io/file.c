@@ -293,10 +293,10 @@ int vd_fd_open(struct vd_file *f, const char *path, const struct vd_file_opts *o
 	}
 	if (fd < 0) {
 		ret = errno;
-		return vd_err_set(err, ret, "cannot open %s: %s", path, strerror(ret));
+		return vd_err_set(err, ret, "cannot open %s", path);
 	}
 	if (fstat(fd, &st) < 0) {
-		ret = vd_err_set(err, errno, "cannot stat %s: %s", path, strerror(errno));
+		ret = vd_err_set(err, errno, "cannot stat %s", path);
 		goto err_close;
 	}
 	f->info.direct = direct;
@@ -306,7 +306,7 @@ int vd_fd_open(struct vd_file *f, const char *path, const struct vd_file_opts *o
 		unsigned int pbs = 4096;
 
 		if (ioctl(fd, BLKGETSIZE64, &size) < 0) {
-			ret = vd_err_set(err, errno, "%s: BLKGETSIZE64: %s", path, strerror(errno));
+			ret = vd_err_set(err, errno, "%s: BLKGETSIZE64", path);
 			goto err_close;
 		}
 		if (ioctl(fd, BLKSSZGET, &lbs) < 0 || lbs < 512 || lbs > 65536) {

@@ -88,8 +88,7 @@ int vd_ioctx_create(unsigned int entries, struct vd_ioctx **out, struct vd_err *
 				"filter (container runtime) blocks io_uring_setup",
 				strerror(-ret));
 		}
-		return vd_err_set(err, -ret, "io_uring_queue_init(%u entries): %s", entries,
-				  strerror(-ret));
+		return vd_err_set(err, -ret, "io_uring_queue_init(%u entries)", entries);
 	}
 	ctx->cq_entries = p.cq_entries;
 	/* multishot POLL_ADD arrived in 5.13, with IORING_FEAT_RSRC_TAGS */

@@ -30,8 +30,8 @@ static int mem_open(struct vd_file *f, const char *path, const struct vd_file_op
 	p = mmap(NULL, s->map_bytes, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED) {
-		return vd_err_set(err, errno, "cannot map %llu bytes for a mem disk: %s",
-				  (unsigned long long)o->size_bytes, strerror(errno));
+		return vd_err_set(err, errno, "cannot map %llu bytes for a mem disk",
+				  (unsigned long long)o->size_bytes);
 	}
 	s->base = p;
 	f->info.size_bytes = o->size_bytes;
