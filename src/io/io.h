@@ -175,6 +175,17 @@ struct io_uring *vd_ioctx_uring(struct vd_ioctx *ctx); /* for backends */
 int vd_ioctx_watch_fd(struct vd_ioctx *ctx, int fd, vd_poll_cb cb, void *arg);
 void vd_ioctx_unwatch_fd(struct vd_ioctx *ctx, int fd);
 
+/*
+ * Cross-thread messages. The owner thread enables them once, before
+ * handing ctx to anyone else; then any thread may send fn(arg), which runs
+ * on the owner's thread from vd_ioctx_poll(), in order per sender. Sending
+ * takes no lock. -EAGAIN: the ring (1024 messages) is full, try later;
+ * -ENOTCONN: messages were not enabled.
+ */
+typedef void (*vd_ioctx_msg_fn)(void *arg);
+int vd_ioctx_msgs_enable(struct vd_ioctx *ctx);
+int vd_ioctx_send_msg(struct vd_ioctx *ctx, vd_ioctx_msg_fn fn, void *arg);
+
 /* For backends: finish req later, from vd_ioctx_poll(). */
 void vd_ioctx_complete(struct vd_ioctx *ctx, struct vd_file_req *req, int64_t result);
 

@@ -11,6 +11,10 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <liburing.h>
@@ -49,9 +53,30 @@ struct vd_ioctx {
 	struct vd_file_req *backlog_head, *backlog_tail;
 	struct watch *watches; /* live */
 	struct watch *dying;   /* unwatched, waiting for their final CQE */
+	struct msg_ring *msgs; /* NULL until vd_ioctx_msgs_enable */
 };
 
 static_assert(_Alignof(struct vd_file_req) >= 8, "tag bits need 8-byte alignment");
+
+/*
+ * Cross-thread messages: a bounded multi-producer single-consumer ring
+ * (each cell carries a sequence number, Vyukov's design), so senders never
+ * take a lock and the owner drains it without one; an eventfd wakes it.
+ */
+#define MSG_CELLS 1024
+
+struct msg_cell {
+	atomic_size_t seq;
+	vd_ioctx_msg_fn fn;
+	void *arg;
+};
+
+struct msg_ring {
+	int efd;
+	_Alignas(64) atomic_size_t head; /* next cell to fill (producers) */
+	_Alignas(64) size_t tail;        /* next cell to run (owner) */
+	struct msg_cell cells[MSG_CELLS];
+};
 
 int vd_ioctx_create(unsigned int entries, struct vd_ioctx **out, struct vd_err *err)
 {
@@ -106,6 +131,111 @@ static void free_list(struct watch *w)
 	}
 }
 
+static void msgs_wake(void *arg, int revents)
+{
+	struct msg_ring *m = arg;
+	uint64_t v;
+
+	/* The ring itself is drained by vd_ioctx_poll; this only resets the fd. */
+	if (read(m->efd, &v, sizeof(v)) < 0 && errno != EAGAIN) {
+		vd_log_ratelimited(VD_LOG_WARN, "message eventfd: %s", strerror(errno));
+	}
+}
+
+int vd_ioctx_msgs_enable(struct vd_ioctx *ctx)
+{
+	struct msg_ring *m;
+	int rc;
+
+	if (ctx->msgs) {
+		return 0;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < MSG_CELLS; i++) {
+		atomic_init(&m->cells[i].seq, i);
+	}
+	atomic_init(&m->head, 0);
+	m->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (m->efd < 0) {
+		rc = -errno;
+		free(m);
+		return rc;
+	}
+	rc = vd_ioctx_watch_fd(ctx, m->efd, msgs_wake, m);
+	if (rc < 0) {
+		close(m->efd);
+		free(m);
+		return rc;
+	}
+	/* Published before any other thread learns of ctx (by the caller). */
+	ctx->msgs = m;
+	return 0;
+}
+
+int vd_ioctx_send_msg(struct vd_ioctx *ctx, vd_ioctx_msg_fn fn, void *arg)
+{
+	struct msg_ring *m = ctx->msgs;
+	struct msg_cell *c;
+	size_t pos;
+	uint64_t one = 1;
+
+	if (!m) {
+		return -ENOTCONN;
+	}
+	pos = atomic_load_explicit(&m->head, memory_order_relaxed);
+	for (;;) {
+		c = &m->cells[pos % MSG_CELLS];
+		size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+		intptr_t diff = (intptr_t)seq - (intptr_t)pos;
+
+		if (diff == 0) {
+			if (atomic_compare_exchange_weak_explicit(&m->head, &pos, pos + 1,
+								  memory_order_relaxed,
+								  memory_order_relaxed)) {
+				break;
+			}
+		} else if (diff < 0) {
+			return -EAGAIN; /* full */
+		} else {
+			pos = atomic_load_explicit(&m->head, memory_order_relaxed);
+		}
+	}
+	c->fn = fn;
+	c->arg = arg;
+	atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
+	if (write(m->efd, &one, sizeof(one)) != sizeof(one)) {
+		return -errno; /* queued all the same; the next poll runs it */
+	}
+	return 0;
+}
+
+static int run_msgs(struct vd_ioctx *ctx)
+{
+	struct msg_ring *m = ctx->msgs;
+	int ran = 0;
+
+	while (m) {
+		struct msg_cell *c = &m->cells[m->tail % MSG_CELLS];
+		size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+		vd_ioctx_msg_fn fn;
+		void *arg;
+
+		if (seq != m->tail + 1) {
+			break; /* empty, or a producer is still filling it */
+		}
+		fn = c->fn;
+		arg = c->arg;
+		atomic_store_explicit(&c->seq, m->tail + MSG_CELLS, memory_order_release);
+		m->tail++;
+		fn(arg);
+		ran++;
+	}
+	return ran;
+}
+
 void vd_ioctx_destroy(struct vd_ioctx *ctx)
 {
 	struct vd_file_req *r;
@@ -124,6 +254,10 @@ void vd_ioctx_destroy(struct vd_ioctx *ctx)
 	for (r = ctx->backlog_head; r; r = r->next_done) {
 		free(r->rest_iov);
 		r->rest_iov = NULL;
+	}
+	if (ctx->msgs) {
+		close(ctx->msgs->efd);
+		free(ctx->msgs);
 	}
 	free(ctx);
 }
@@ -524,6 +658,7 @@ int vd_ioctx_poll(struct vd_ioctx *ctx)
 		redrive_backlog(ctx);
 	}
 	ran += run_done(ctx);
+	ran += run_msgs(ctx);
 	if (io_uring_sq_ready(&ctx->ring)) {
 		(void)io_uring_submit(&ctx->ring);
 	}

@@ -6,14 +6,12 @@
 #define VD_QUEUE_INT_H
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <sys/queue.h>
 #include "queue/queue.h"
 
 #define VD_QUEUE_GCOPY_BATCH   1024  /* grant-copy segments per hypercall */
 #define VD_QUEUE_MIN_POOL_PAGES 512  /* >= one max indirect request (256) twice */
 #define VD_QUEUE_DEF_POOL_PAGES 4096 /* 16 MiB of bounce pages per queue at most */
-#define VD_QUEUE_MSG_SLOTS     64
 
 enum qreq_stage {
 	QREQ_FREE,
@@ -44,11 +42,6 @@ struct vd_gbatch {
 	unsigned int n;
 	struct vd_gcopy ops[VD_QUEUE_GCOPY_BATCH];
 	struct vd_qreq *owner[VD_QUEUE_GCOPY_BATCH];
-};
-
-struct vd_queue_msg {
-	vd_queue_msg_fn fn;
-	void *arg;
 };
 
 struct vd_queue {
@@ -85,12 +78,6 @@ struct vd_queue {
 	bool halted;                     /* protocol violation: ring no longer read */
 	bool stopping;                   /* draining for vd_queue_stop */
 	bool exit;                       /* thread loop ends */
-
-	/* Messages from other threads (slow path: a lock only when non-empty). */
-	int msg_fd;                      /* eventfd */
-	pthread_mutex_t msg_lock;
-	atomic_uint nr_msgs;
-	struct vd_queue_msg msgs[VD_QUEUE_MSG_SLOTS];
 
 	pthread_t thread;
 	bool thread_started;

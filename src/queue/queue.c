@@ -11,7 +11,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -450,51 +449,7 @@ static bool consume_ring(struct vd_queue *q)
 
 int vd_queue_send_msg(struct vd_queue *q, vd_queue_msg_fn fn, void *arg)
 {
-	uint64_t one = 1;
-	unsigned int n;
-
-	pthread_mutex_lock(&q->msg_lock);
-	n = atomic_load_explicit(&q->nr_msgs, memory_order_relaxed);
-	if (n == VD_QUEUE_MSG_SLOTS) {
-		pthread_mutex_unlock(&q->msg_lock);
-		return -EAGAIN;
-	}
-	q->msgs[n] = (struct vd_queue_msg){ fn, arg };
-	atomic_store_explicit(&q->nr_msgs, n + 1, memory_order_release);
-	pthread_mutex_unlock(&q->msg_lock);
-	if (write(q->msg_fd, &one, sizeof(one)) != sizeof(one)) {
-		return -errno;
-	}
-	return 0;
-}
-
-static bool run_msgs(struct vd_queue *q)
-{
-	struct vd_queue_msg batch[VD_QUEUE_MSG_SLOTS];
-	unsigned int n;
-
-	if (atomic_load_explicit(&q->nr_msgs, memory_order_acquire) == 0) {
-		return false;
-	}
-	pthread_mutex_lock(&q->msg_lock);
-	n = atomic_load_explicit(&q->nr_msgs, memory_order_relaxed);
-	memcpy(batch, q->msgs, n * sizeof(batch[0]));
-	atomic_store_explicit(&q->nr_msgs, 0, memory_order_relaxed);
-	pthread_mutex_unlock(&q->msg_lock);
-	for (unsigned int i = 0; i < n; i++) {
-		batch[i].fn(batch[i].arg);
-	}
-	return n > 0;
-}
-
-static void on_msg_fd(void *arg, int revents)
-{
-	struct vd_queue *q = arg;
-	uint64_t v;
-
-	if (read(q->msg_fd, &v, sizeof(v)) < 0 && errno != EAGAIN) {
-		QLOG_RL(q, VD_LOG_WARN, "message eventfd: %s", strerror(errno));
-	}
+	return vd_ioctx_send_msg(q->ioctx, fn, arg);
 }
 
 static void on_evtchn(void *arg, int revents)
@@ -516,11 +471,8 @@ static void msg_stop(void *arg)
 
 bool vd_queue_poll(struct vd_queue *q)
 {
-	bool work = run_msgs(q);
+	bool work = vd_ioctx_poll(q->ioctx) > 0;
 
-	if (vd_ioctx_poll(q->ioctx) > 0) {
-		work = true;
-	}
 	work |= finish_done(q);
 	work |= consume_ring(q);
 	work |= start_waiting(q);
@@ -665,11 +617,7 @@ static int setup_reactor(struct vd_queue *q, struct vd_err *err)
 	if (rc < 0) {
 		return vd_err_set(err, -rc, "queue %u: image queue", q->cfg.index);
 	}
-	q->msg_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (q->msg_fd < 0) {
-		return vd_err_set(err, errno, "queue %u: eventfd", q->cfg.index);
-	}
-	rc = vd_ioctx_watch_fd(q->ioctx, q->msg_fd, on_msg_fd, q);
+	rc = vd_ioctx_msgs_enable(q->ioctx);
 	if (rc == 0) {
 		rc = vd_ioctx_watch_fd(q->ioctx, vd_evtchn_fd(q->evtchn), on_evtchn, q);
 	}
@@ -697,12 +645,9 @@ int vd_queue_create(const struct vd_queue_config *cfg, struct vd_queue **out,
 	q->cfg = *cfg;
 	memcpy(q->ring_refs, cfg->ring_refs, cfg->nr_ring_pages * sizeof(q->ring_refs[0]));
 	q->cfg.ring_refs = q->ring_refs;
-	q->msg_fd = -1;
 	TAILQ_INIT(&q->free_reqs);
 	TAILQ_INIT(&q->waiting);
 	TAILQ_INIT(&q->done);
-	pthread_mutex_init(&q->msg_lock, NULL);
-	atomic_init(&q->nr_msgs, 0);
 
 	rc = vd_gnt_open(cfg->transport, &q->gnt);
 	if (rc < 0) {
@@ -771,9 +716,6 @@ void vd_queue_destroy(struct vd_queue *q)
 	if (q->ioctx != NULL) {
 		vd_ioctx_destroy(q->ioctx);
 	}
-	if (q->msg_fd >= 0) {
-		close(q->msg_fd);
-	}
 	if (q->evtchn != NULL) {
 		vd_evtchn_close(q->evtchn);
 	}
@@ -795,7 +737,6 @@ void vd_queue_destroy(struct vd_queue *q)
 	free(q->free_pages);
 	free(q->driver_ctx);
 	free(q->gbatch);
-	pthread_mutex_destroy(&q->msg_lock);
 	free(q);
 }
 

@@ -72,7 +72,7 @@ void vd_queue_destroy(struct vd_queue *q);
 /* Counters, read from another thread (relaxed atomics; a snapshot). */
 void vd_queue_get_stats(struct vd_queue *q, struct vd_queue_stats *out);
 
-/* Run fn(arg) on the queue's thread. -EAGAIN if the message ring is full. */
+/* Run fn(arg) on the queue's thread (vd_ioctx_send_msg). -EAGAIN if full. */
 typedef void (*vd_queue_msg_fn)(void *arg);
 int vd_queue_send_msg(struct vd_queue *q, vd_queue_msg_fn fn, void *arg);
 
