@@ -13,6 +13,7 @@ struct vd_image {
 	struct vd_image_opts opts;
 	bool readonly;
 	bool corrupt;              /* set once metadata is found bad: writes fail */
+	struct vd_image *backing;  /* opened (and closed) by the driver, or NULL */
 	struct vd_image_info info; /* from get_info at open; the core's submit checks use it */
 	/* driver state follows (image_state_size bytes) */
 	_Alignas(16) unsigned char state[];
@@ -43,10 +44,22 @@ struct vd_image_driver {
 	 */
 	void (*submit)(struct vd_image *img, struct vd_image_queue *iq, struct vd_io *io);
 	int (*get_info)(struct vd_image *img, struct vd_image_info *info);
-	/* Optional. flags: VD_IMAGE_CREATE_*. */
-	int (*create)(const char *path, uint64_t size_bytes, unsigned int flags,
+	/* Optional. Sizes are validated by the core; o->flags: VD_IMAGE_CREATE_*. */
+	int (*create)(const char *path, const struct vd_image_create_opts *o,
 		      struct vd_err *err);
-	int (*check)(struct vd_image *img, void *result); /* optional */
+	/*
+	 * Optional, control thread, synchronous. Status of THIS layer only:
+	 * ALLOCATED (+ DATA and/or ZERO) if this layer decides the range, else
+	 * flags 0 (falls through to img->backing; the core recurses and fills
+	 * depth). Absent: the whole image is DATA|ALLOCATED.
+	 */
+	int (*block_status)(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
+			    struct vd_block_status *out);
+	/* Optional, control thread, image not being served. */
+	int (*check)(struct vd_image *img, bool repair, struct vd_check_result *res,
+		     struct vd_err *err);
+	/* Optional, control thread, image not being served. */
+	int (*resize)(struct vd_image *img, uint64_t size_bytes, struct vd_err *err);
 };
 
 /* For drivers: finish io (runs io->cb). Call only from a vd_ioctx callback. */

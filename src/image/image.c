@@ -187,8 +187,8 @@ int vd_image_get_info(struct vd_image *img, struct vd_image_info *info)
 	return 0;
 }
 
-int vd_image_create_ex(const char *path, const char *format, uint64_t size_bytes,
-		       unsigned int flags, struct vd_err *err)
+int vd_image_create_opts(const char *path, const char *format,
+			 const struct vd_image_create_opts *o, struct vd_err *err)
 {
 	const struct vd_image_driver *drv;
 
@@ -205,15 +205,24 @@ int vd_image_create_ex(const char *path, const char *format, uint64_t size_bytes
 	if (!path || !*path) {
 		return vd_err_set(err, EINVAL, "no path given");
 	}
-	if (size_bytes == 0 || !VD_IS_ALIGNED(size_bytes, (uint64_t)VD_SECTOR_SIZE) ||
-	    size_bytes > (uint64_t)INT64_MAX) {
+	if ((o->size_bytes == 0 && !o->backing_file) ||
+	    !VD_IS_ALIGNED(o->size_bytes, (uint64_t)VD_SECTOR_SIZE) ||
+	    o->size_bytes > (uint64_t)INT64_MAX) {
 		return vd_err_set(err, EINVAL, "size %llu is not a positive multiple of 512",
-				  (unsigned long long)size_bytes);
+				  (unsigned long long)o->size_bytes);
 	}
-	if (flags & ~VD_IMAGE_CREATE_OVERWRITE) {
-		return vd_err_set(err, EINVAL, "unknown create flags 0x%x", flags);
+	if (o->flags & ~VD_IMAGE_CREATE_OVERWRITE) {
+		return vd_err_set(err, EINVAL, "unknown create flags 0x%x", o->flags);
 	}
-	return drv->create(path, size_bytes, flags, err);
+	return drv->create(path, o, err);
+}
+
+int vd_image_create_ex(const char *path, const char *format, uint64_t size_bytes,
+		       unsigned int flags, struct vd_err *err)
+{
+	struct vd_image_create_opts o = { .size_bytes = size_bytes, .flags = flags };
+
+	return vd_image_create_opts(path, format, &o, err);
 }
 
 int vd_image_create(const char *path, const char *format, uint64_t size_bytes, struct vd_err *err)
@@ -344,4 +353,183 @@ void vd_image_submit(struct vd_image_queue *iq, struct vd_io *io)
 		return;
 	}
 	img->driver->submit(img, iq, io);
+}
+
+/* ---- control-plane services ---- */
+
+struct vd_image *vd_image_backing(struct vd_image *img)
+{
+	return img->backing;
+}
+
+int vd_image_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
+			  struct vd_block_status *out)
+{
+	unsigned int depth = 0;
+
+	if (offset_bytes >= img->info.size_bytes) {
+		return -EINVAL;
+	}
+	max_bytes = VD_MIN(max_bytes, img->info.size_bytes - offset_bytes);
+	for (;;) {
+		int ret;
+
+		memset(out, 0, sizeof(*out));
+		out->host_offset_bytes = UINT64_MAX;
+		if (!img->driver->block_status) {
+			out->len_bytes = max_bytes;
+			out->flags = VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
+			out->depth = depth;
+			return 0;
+		}
+		ret = img->driver->block_status(img, offset_bytes, max_bytes, out);
+		if (ret < 0) {
+			return ret;
+		}
+		if (out->len_bytes == 0 || out->len_bytes > max_bytes) {
+			return -EIO; /* a driver bug; never loop on it */
+		}
+		out->depth = depth;
+		if ((out->flags & VD_BLOCK_ALLOCATED) || !img->backing) {
+			if (!(out->flags & VD_BLOCK_ALLOCATED)) {
+				out->flags = VD_BLOCK_ZERO; /* nothing below: reads as zeroes */
+			}
+			return 0;
+		}
+		/* Falls through: ask the backing, within this run. */
+		max_bytes = out->len_bytes;
+		img = img->backing;
+		depth++;
+		if (offset_bytes >= img->info.size_bytes) {
+			/* a shorter backing file reads as zeroes past its end */
+			out->flags = VD_BLOCK_ZERO;
+			return 0;
+		}
+		max_bytes = VD_MIN(max_bytes, img->info.size_bytes - offset_bytes);
+	}
+}
+
+int vd_image_check(struct vd_image *img, bool repair, struct vd_check_result *res,
+		   struct vd_err *err)
+{
+	memset(res, 0, sizeof(*res));
+	if (!img->driver->check) {
+		return vd_err_set(err, EOPNOTSUPP, "%s images have no metadata to check",
+				  img->driver->name);
+	}
+	if (repair && img->readonly) {
+		return vd_err_set(err, EROFS, "%s: opened read-only, cannot repair", img->path);
+	}
+	return img->driver->check(img, repair, res, err);
+}
+
+int vd_image_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err)
+{
+	int ret;
+
+	if (!img->driver->resize) {
+		return vd_err_set(err, EOPNOTSUPP, "%s images cannot be resized",
+				  img->driver->name);
+	}
+	if (img->readonly) {
+		return vd_err_set(err, EROFS, "%s: opened read-only", img->path);
+	}
+	if (size_bytes == 0 || !VD_IS_ALIGNED(size_bytes, (uint64_t)VD_SECTOR_SIZE) ||
+	    size_bytes > (uint64_t)INT64_MAX) {
+		return vd_err_set(err, EINVAL, "size %llu is not a positive multiple of 512",
+				  (unsigned long long)size_bytes);
+	}
+	ret = img->driver->resize(img, size_bytes, err);
+	if (ret < 0) {
+		return ret;
+	}
+	return vd_image_get_info(img, &img->info);
+}
+
+struct vd_image_sync {
+	struct vd_ioctx *ctx;
+	struct vd_image_queue *iq;
+	void *driver_ctx;
+};
+
+int vd_image_sync_open(struct vd_image *img, struct vd_image_sync **out, struct vd_err *err)
+{
+	struct vd_image_sync *s = calloc(1, sizeof(*s));
+	int ret;
+
+	*out = NULL;
+	if (!s) {
+		return vd_err_set(err, ENOMEM, "out of memory");
+	}
+	ret = vd_ioctx_create(64, &s->ctx, err);
+	if (ret < 0) {
+		free(s);
+		return ret;
+	}
+	ret = vd_image_queue_create(img, s->ctx, &s->iq);
+	if (ret < 0) {
+		vd_ioctx_destroy(s->ctx);
+		free(s);
+		return vd_err_set(err, -ret, "%s: image queue", img->path);
+	}
+	if (img->driver->io_ctx_size) {
+		s->driver_ctx = calloc(1, img->driver->io_ctx_size);
+		if (!s->driver_ctx) {
+			vd_image_sync_close(s);
+			return vd_err_set(err, ENOMEM, "out of memory");
+		}
+	}
+	*out = s;
+	return 0;
+}
+
+void vd_image_sync_close(struct vd_image_sync *s)
+{
+	if (!s) {
+		return;
+	}
+	vd_image_queue_destroy(s->iq);
+	vd_ioctx_destroy(s->ctx);
+	free(s->driver_ctx);
+	free(s);
+}
+
+struct sync_wait {
+	bool done;
+	int64_t result;
+};
+
+static void sync_cb(struct vd_io *io, int64_t result)
+{
+	struct sync_wait *w = io->cb_arg;
+
+	w->done = true;
+	w->result = result;
+}
+
+int64_t vd_image_sync_io(struct vd_image_sync *s, enum vd_io_op op, void *buf,
+			 uint64_t len_bytes, uint64_t offset_bytes)
+{
+	struct sync_wait w = { 0 };
+	struct iovec iov = { .iov_base = buf, .iov_len = len_bytes };
+	struct vd_io io = {
+		.op = op,
+		.offset_bytes = offset_bytes,
+		.len_bytes = len_bytes,
+		.iov = (op == VD_IO_READ || op == VD_IO_WRITE) ? &iov : NULL,
+		.iovcnt = (op == VD_IO_READ || op == VD_IO_WRITE) ? 1 : 0,
+		.cb = sync_cb,
+		.cb_arg = &w,
+		.driver_ctx = s->driver_ctx,
+	};
+
+	vd_image_submit(s->iq, &io);
+	while (!w.done) {
+		int ret = vd_ioctx_wait(s->ctx, 0);
+
+		if (ret < 0) {
+			return ret;
+		}
+	}
+	return w.result;
 }

@@ -61,6 +61,13 @@ struct vd_image_info {
 	uint32_t discard_alignment_bytes;
 	bool flush;               /* FLUSH means something (false for null) */
 	uint64_t allocated_bytes; /* space used on the host, if known */
+	/* Format details (0 / NULL where they do not apply). */
+	uint32_t cluster_bytes;   /* qcow2 cluster size, vhd block size */
+	const char *subformat;    /* vhd: "fixed"/"dynamic"/"differencing"; qcow2: "v2"/"v3" */
+	const char *backing_file; /* as recorded in the image (owned by the image) */
+	const char *backing_format;
+	bool dirty;               /* opened after an unclean shutdown (qcow2 lazy refcounts) */
+	bool corrupt;             /* metadata found bad: refused for writing */
 };
 
 int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_image **out,
@@ -77,6 +84,78 @@ int vd_image_get_info(struct vd_image *img, struct vd_image_info *info);
 int vd_image_create(const char *path, const char *format, uint64_t size_bytes, struct vd_err *err);
 int vd_image_create_ex(const char *path, const char *format, uint64_t size_bytes,
 		       unsigned int flags, struct vd_err *err);
+
+/* Everything `vdisk create` can ask of a format; zero means the default. */
+struct vd_image_create_opts {
+	uint64_t size_bytes;        /* virtual size; 0 with a backing file: the backing's */
+	const char *backing_file;   /* differencing child / overlay of this file */
+	const char *backing_format; /* NULL: probe the backing file */
+	const char *subformat;      /* vhd: "dynamic" (default) or "fixed" */
+	uint32_t cluster_bytes;     /* qcow2 cluster size; vhd block size */
+	unsigned int compat;        /* qcow2: 2 (0.10) or 3 (1.1, default) */
+	bool lazy_refcounts;        /* qcow2 */
+	bool extended_l2;           /* qcow2: subclusters */
+	uint32_t refcount_bits;     /* qcow2: 1..64, default 16 */
+	const char *preallocation;  /* "off" (default), "metadata", "falloc", "full" */
+	unsigned int flags;         /* VD_IMAGE_CREATE_* */
+};
+int vd_image_create_opts(const char *path, const char *format,
+			 const struct vd_image_create_opts *o, struct vd_err *err);
+
+/*
+ * Allocation of the virtual range starting at offset_bytes, for `vdisk map`,
+ * convert and commit (control thread; not while queues write the image).
+ * Describes the longest run of at most max_bytes with the same status:
+ *   DATA       reads return data from some layer (else they return zeroes)
+ *   ZERO       reads return zeroes
+ *   ALLOCATED  the layer `depth` (0 = this image, 1 = its backing, ...)
+ *              decides the content; without it nothing in the chain does
+ * host_offset_bytes is where the data lies in that layer's file, or
+ * UINT64_MAX when it is not one contiguous extent or not known.
+ */
+#define VD_BLOCK_DATA      0x1u
+#define VD_BLOCK_ZERO      0x2u
+#define VD_BLOCK_ALLOCATED 0x4u
+struct vd_block_status {
+	uint64_t len_bytes;
+	unsigned int flags;
+	unsigned int depth;
+	uint64_t host_offset_bytes;
+};
+int vd_image_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
+			  struct vd_block_status *out);
+
+/* Consistency check (and repair) of an image's metadata. */
+struct vd_check_result {
+	uint64_t corruptions;        /* found */
+	uint64_t leaks;              /* clusters/blocks allocated but unused */
+	uint64_t corruptions_fixed;
+	uint64_t leaks_fixed;
+	uint64_t allocated_units;    /* clusters or blocks in use */
+	uint64_t total_units;
+	char first_problem[256];     /* human-readable, "" if none */
+};
+/* -EOPNOTSUPP for formats without metadata (raw: always clean). */
+int vd_image_check(struct vd_image *img, bool repair, struct vd_check_result *res,
+		   struct vd_err *err);
+
+/* Change the virtual size (grow; shrink only where the format allows). */
+int vd_image_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err);
+
+/* The backing image opened by the driver, or NULL (borrowed). */
+struct vd_image *vd_image_backing(struct vd_image *img);
+
+/*
+ * Synchronous access for control-plane tools (convert, commit, check
+ * helpers, tests): a private ioctx and image queue on the calling thread.
+ * Lengths and offsets as for vd_image_submit; buf needs 4 KiB alignment
+ * for O_DIRECT images. Returns bytes (READ/WRITE), 0, or -errno.
+ */
+struct vd_image_sync;
+int vd_image_sync_open(struct vd_image *img, struct vd_image_sync **out, struct vd_err *err);
+void vd_image_sync_close(struct vd_image_sync *s);
+int64_t vd_image_sync_io(struct vd_image_sync *s, enum vd_io_op op, void *buf,
+			 uint64_t len_bytes, uint64_t offset_bytes);
 
 /* On the queue thread that will use it; ioctx is that thread's reactor. */
 int vd_image_queue_create(struct vd_image *img, struct vd_ioctx *ioctx,

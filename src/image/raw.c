@@ -77,12 +77,20 @@ static int raw_get_info(struct vd_image *img, struct vd_image_info *info)
 	return 0;
 }
 
-static int raw_create(const char *path, uint64_t size_bytes, unsigned int flags, struct vd_err *err)
+static int raw_create(const char *path, const struct vd_image_create_opts *o, struct vd_err *err)
 {
-	bool overwrite = flags & VD_IMAGE_CREATE_OVERWRITE;
+	bool overwrite = o->flags & VD_IMAGE_CREATE_OVERWRITE;
+	uint64_t size_bytes = o->size_bytes;
 	struct stat st;
 	int fd, ret;
 
+	if (o->backing_file) {
+		return vd_err_set(err, EINVAL, "raw images cannot have a backing file");
+	}
+	if (o->preallocation && strcmp(o->preallocation, "off") != 0) {
+		return vd_err_set(err, EINVAL, "raw: preallocation '%s' is not supported",
+				  o->preallocation);
+	}
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (overwrite ? 0 : O_EXCL), 0600);
 	if (fd < 0) {
 		ret = errno;
@@ -117,6 +125,49 @@ err_close:
 	return ret;
 }
 
+/* A raw file's holes read as zeroes: SEEK_DATA / SEEK_HOLE tell them apart. */
+static int raw_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
+			    struct vd_block_status *out)
+{
+	struct vd_file *f = raw(img)->file;
+	off_t data, hole;
+
+	out->flags = VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
+	out->len_bytes = max_bytes;
+	out->host_offset_bytes = offset_bytes;
+	if (f->fd < 0 || f->info.is_blockdev) {
+		return 0;
+	}
+	data = lseek(f->fd, (off_t)offset_bytes, SEEK_DATA);
+	if (data < 0 && errno == ENXIO) {
+		data = (off_t)(offset_bytes + max_bytes); /* a hole up to the end */
+	} else if (data < 0) {
+		return 0; /* no SEEK_DATA here: call it all data */
+	}
+	if ((uint64_t)data > offset_bytes) {
+		out->flags = VD_BLOCK_ZERO | VD_BLOCK_ALLOCATED;
+		out->len_bytes = VD_MIN((uint64_t)data - offset_bytes, max_bytes);
+		return 0;
+	}
+	hole = lseek(f->fd, (off_t)offset_bytes, SEEK_HOLE);
+	if (hole > (off_t)offset_bytes) {
+		out->len_bytes = VD_MIN((uint64_t)hole - offset_bytes, max_bytes);
+	}
+	return 0;
+}
+
+static int raw_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err)
+{
+	struct vd_file *f = raw(img)->file;
+	int ret = vd_file_resize(f, size_bytes);
+
+	if (ret < 0) {
+		return vd_err_set(err, -ret, "%s: cannot resize to %llu bytes", img->path,
+				  (unsigned long long)size_bytes);
+	}
+	return 0;
+}
+
 const struct vd_image_driver vd_raw_driver = {
 	.name = "raw",
 	.image_state_size = sizeof(struct raw_state),
@@ -127,4 +178,6 @@ const struct vd_image_driver vd_raw_driver = {
 	.submit = raw_submit,
 	.get_info = raw_get_info,
 	.create = raw_create,
+	.block_status = raw_block_status,
+	.resize = raw_resize,
 };
