@@ -11,6 +11,7 @@
 #include <xenstore.h>
 #include "common/err.h"
 #include "common/log.h"
+#include "cli/cli.h"
 #include "ctl/ctl.h"
 #include "image/image.h"
 #ifdef VD_HAVE_SIM_HV
@@ -412,8 +413,22 @@ struct cmd {
 };
 
 static const struct cmd g_cmds[] = {
-	{ "attach", cmd_attach }, { "detach", cmd_detach }, { "list", cmd_list },
-	{ "create", cmd_create }, { "info", cmd_info },     { "sim", cmd_sim },
+	{ "attach", cmd_attach },
+	{ "detach", cmd_detach },
+	{ "list", cmd_list },
+	{ "create", cmd_create },
+	{ "info", cmd_info },
+	{ "sim", cmd_sim },
+	/* image tools: cmd-image.c */
+	{ "check", vd_cli_check },
+	{ "map", vd_cli_map },
+	{ "convert", vd_cli_convert },
+	{ "snapshot", vd_cli_snapshot },
+	{ "commit", vd_cli_commit },
+	{ "resize", vd_cli_resize },
+	/* run-time views and benchmarks: cmd-perf.c */
+	{ "stats", vd_cli_stats },
+	{ "bench", vd_cli_bench },
 };
 
 int main(int argc, char **argv)

@@ -71,5 +71,7 @@ int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **
 		       struct vd_err *err);
 
 extern const struct vd_image_driver vd_raw_driver;
+extern const struct vd_image_driver vd_vhd_driver;   /* src/image/vhd/ */
+extern const struct vd_image_driver vd_qcow2_driver; /* src/image/qcow2/ */
 
 #endif

@@ -16,6 +16,12 @@
 
 static const struct vd_image_driver *const drivers[] = {
 	&vd_raw_driver,
+#ifdef VD_HAVE_VHD
+	&vd_vhd_driver,
+#endif
+#ifdef VD_HAVE_QCOW2
+	&vd_qcow2_driver,
+#endif
 };
 
 static const struct vd_image_driver *find_driver(const char *name)
