@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "cli/cli.h"
 #include "ctl/ctl.h"
+#include "ctl/imgtool.h"
 #include "image/image.h"
 #ifdef VD_HAVE_SIM_HV
 #include "sim/hv/hv.h"
@@ -34,8 +35,15 @@ static void usage(FILE *f)
 		"  detach DOMID VDEV [--timeout SECONDS] [--force]\n"
 		"  list [--json]\n"
 		"Images:\n"
-		"  create [-f raw] IMAGE SIZE        SIZE in bytes, or with K/M/G/T\n"
+		"  create [-f FMT] [-o k=v,...] [-b BACKING [-F FMT]] IMAGE [SIZE]\n"
+		"                                    SIZE in bytes, or with K/M/G/T\n"
 		"  info IMAGE [--json]\n"
+		"  check [-f FMT] [--repair] [--json] IMAGE\n"
+		"  map [-f FMT] [--json] IMAGE\n"
+		"  convert [-f FMT] -O FMT [-o k=v,...] [-p] SRC DST\n"
+		"  snapshot [-f FMT] [-F FMT] IMAGE NEW\n"
+		"  commit [-f FMT] [-p] IMAGE\n"
+		"  resize [-f FMT] [--shrink] IMAGE [+|-]SIZE\n"
 		"Simulator:\n"
 		"  sim hv [--dir DIR]                the simulated hypervisor\n"
 		"  sim guest [options]               a simulated guest (--help)\n"
@@ -276,16 +284,27 @@ static int cmd_create(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	struct vd_image_create_opts co = { 0 };
 	const char *format = "raw";
 	struct vd_err err = { 0 };
-	uint64_t size;
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "f:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:o:b:F:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			format = optarg;
+			break;
+		case 'o': /* imgtool.h */
+			if (vd_imgtool_parse_create_opts(optarg, &co, &err) < 0) {
+				return usage_error("create: %s", vd_err_msg(&err));
+			}
+			break;
+		case 'b':
+			co.backing_file = optarg;
+			break;
+		case 'F':
+			co.backing_format = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -294,20 +313,19 @@ static int cmd_create(int argc, char **argv)
 			return usage_error("create: bad option", NULL);
 		}
 	}
-	if (argc - optind != 2) {
+	if (argc - optind != 2 && !(argc - optind == 1 && co.backing_file != NULL)) {
 		return usage_error("create needs IMAGE SIZE", NULL);
 	}
-	r = vd_ctl_parse_size(argv[optind + 1], &size);
-	if (r < 0 || size == 0) {
-		return usage_error(r == -ERANGE ? "SIZE '%s' is too large"
-						: "invalid SIZE '%s' (bytes, or with K/M/G/T)",
-				   argv[optind + 1]);
-	}
-	r = vd_image_create(argv[optind], format, size, &err);
-	if (r < 0) {
-		if (err.errnum == 0) {
-			vd_err_set(&err, -r, "creating %s", argv[optind]);
+	if (argc - optind == 2) {
+		r = vd_ctl_parse_size(argv[optind + 1], &co.size_bytes);
+		if (r < 0 || co.size_bytes == 0) {
+			return usage_error(r == -ERANGE ? "SIZE '%s' is too large"
+							: "invalid SIZE '%s' (bytes, or with K/M/G/T)",
+					   argv[optind + 1]);
 		}
+	}
+	r = vd_imgtool_create(argv[optind], format, &co, &err);
+	if (r < 0) {
 		return runtime_error(&err);
 	}
 	return 0;
@@ -320,12 +338,7 @@ static int cmd_info(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct vd_image_opts o = { .readonly = true,
-				   .io_backend = "sync",
-				   .cache = VD_CACHE_WRITEBACK };
 	struct vd_err err = { 0 };
-	struct vd_image_info info;
-	struct vd_image *img;
 	bool json = false;
 	int c, r;
 
@@ -345,41 +358,10 @@ static int cmd_info(int argc, char **argv)
 	if (argc - optind != 1) {
 		return usage_error("info needs IMAGE", NULL);
 	}
-	r = vd_image_open(argv[optind], &o, &img, &err);
+	r = vd_imgtool_info(argv[optind], NULL, json, stdout, &err); /* imgtool.h */
 	if (r < 0) {
-		if (err.errnum == 0) {
-			vd_err_set(&err, -r, "opening %s", argv[optind]);
-		}
 		return runtime_error(&err);
 	}
-	r = vd_image_get_info(img, &info);
-	if (r < 0) {
-		vd_err_set(&err, -r, "reading %s", argv[optind]);
-		vd_image_close(img);
-		return runtime_error(&err);
-	}
-	const char *fmt = info.format != NULL ? info.format : "?";
-	if (json) {
-		(void)fputs("{\"image\": ", stdout);
-		vd_ctl_json_string(stdout, argv[optind]);
-		(void)fputs(", \"format\": ", stdout);
-		vd_ctl_json_string(stdout, fmt);
-		printf(", \"size_bytes\": %" PRIu64 ", \"sector_bytes\": %u, "
-		       "\"physical_sector_bytes\": %u, \"discard\": %s, "
-		       "\"discard_granularity_bytes\": %u, \"flush\": %s, "
-		       "\"allocated_bytes\": %" PRIu64 "}\n",
-		       info.size_bytes, info.sector_bytes, info.physical_sector_bytes,
-		       info.discard ? "true" : "false", info.discard_granularity_bytes,
-		       info.flush ? "true" : "false", info.allocated_bytes);
-	} else {
-		printf("image: %s\nformat: %s\nvirtual size: %" PRIu64 " bytes\n"
-		       "sector size: %u\nphysical sector size: %u\ndiscard: %s\n"
-		       "allocated: %" PRIu64 " bytes\n",
-		       argv[optind], fmt, info.size_bytes, info.sector_bytes,
-		       info.physical_sector_bytes, info.discard ? "yes" : "no",
-		       info.allocated_bytes);
-	}
-	vd_image_close(img);
 	return 0;
 }
 

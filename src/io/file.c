@@ -21,6 +21,7 @@
 
 #include "common/compiler.h"
 #include "common/log.h"
+#include "io/fault.h"
 #include "io/io-int.h"
 
 static const struct vd_io_backend *const backends[] = {
@@ -28,6 +29,7 @@ static const struct vd_io_backend *const backends[] = {
 	&vd_sync_backend,
 	&vd_null_backend,
 	&vd_mem_backend,
+	&vd_fault_backend,
 };
 
 const struct vd_io_backend *vd_io_backend_find(const char *name)
