@@ -17,7 +17,7 @@ unsigned int vd_hist_index(uint64_t v)
 	if (v > HIST_MAX_VALUE) {
 		v = HIST_MAX_VALUE;
 	}
-	if (v < 2 * VD_HIST_SUB) {
+	if (v < 2ull * VD_HIST_SUB) {
 		return (unsigned int)v;
 	}
 	msb = 63u - (unsigned int)__builtin_clzll(v);

@@ -294,7 +294,7 @@ static int h_workload(struct hctx *h, uint64_t ios, struct vd_wl_result *res)
 /* After a non-fatal case: the backend must still serve verified I/O. */
 static int h_still_serves(struct hctx *h)
 {
-	struct vd_wl_result res;
+	struct vd_wl_result res = { 0 };
 	int rc = h_workload(h, 256, &res);
 	size_t n;
 
@@ -1082,7 +1082,7 @@ int vd_hostile_run(struct vd_front *f, const char *name)
 	}
 	printf("hostile %s: expected %s, got %s: %s\n", name, h.expect, h.got,
 	       r == H_PASS ? "PASS" : (r == H_SKIP ? "SKIP" : "FAIL"));
-	fflush(stdout);
+	(void)fflush(stdout);
 	vd_model_destroy(h.model);
 	/* grants of a case that failed may still be in the backend's hands */
 	if (r == H_PASS || f->q[0] == NULL) {

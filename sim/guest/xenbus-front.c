@@ -272,7 +272,7 @@ static int tx_printf(struct vd_front *f, xs_transaction_t t, const char *dir, co
 
 	snprintf(path, sizeof(path), "%s/%s", dir, key);
 	va_start(ap, fmt);
-	vsnprintf(val, sizeof(val), fmt, ap);
+	(void)vsnprintf(val, sizeof(val), fmt, ap); /* NOLINT(clang-analyzer-valist.Uninitialized) */
 	va_end(ap);
 	if (!xs_write(f->xs, t, path, val, (unsigned int)strlen(val))) {
 		return -errno;

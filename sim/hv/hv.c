@@ -187,6 +187,7 @@ static void close_port(struct hv *hv, struct hv_dom *d, uint32_t port)
  */
 static int port_alloc(struct hv_dom *d, struct hv_conn *owner, int *efd, uint32_t *out)
 {
+	*out = 0; /* port 0 is never valid */
 	for (uint32_t i = 1; i < VD_HVC_MAX_PORTS; i++) {
 		struct hv_port *p = &d->ports[i];
 

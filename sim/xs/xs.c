@@ -244,7 +244,7 @@ static void node_clear(struct node *n)
 
 static int table_init(struct table *t, size_t nb)
 {
-	t->b = calloc(nb, sizeof(*t->b));
+	t->b = calloc(nb, sizeof(struct node *));
 	t->nb = nb;
 	t->count = 0;
 	return t->b ? 0 : -ENOMEM;
@@ -284,7 +284,7 @@ static void table_insert(struct table *t, struct node *n)
 
 	if (t->count >= t->nb) {
 		size_t nb = t->nb * 2;
-		struct node **b = calloc(nb, sizeof(*b));
+		struct node **b = calloc(nb, sizeof(struct node *));
 
 		if (b != NULL) {
 			for (i = 0; i < t->nb; i++) {
@@ -1434,7 +1434,7 @@ static int op_mkdir(struct req *r, char *path)
 static int op_rm(struct req *r, char *path)
 {
 	struct vd_xs_server *s = r->c->s;
-	struct node *n;
+	struct node *n = NULL;
 	int rc = path_arg(r, path);
 
 	if (rc == 0) {
@@ -1461,6 +1461,9 @@ static int op_rm(struct req *r, char *path)
 	}
 	if (strcmp(path, "/") == 0) {
 		return -EINVAL;
+	}
+	if (n == NULL) {
+		return -ENOENT; /* lookup() returns 0 only with a node; say so to the analyzer */
 	}
 	rc = rm_path(s, r->tx, n);
 	if (rc < 0) {

@@ -14,7 +14,7 @@ int vd_err_set(struct vd_err *err, int errnum, const char *fmt, ...)
 		char tmp[sizeof(err->msg)];
 
 		va_start(ap, fmt);
-		vsnprintf(tmp, sizeof(tmp), fmt, ap);
+		(void)vsnprintf(tmp, sizeof(tmp), fmt, ap);
 		va_end(ap);
 		err->errnum = errnum;
 		snprintf(err->msg, sizeof(err->msg), "%s: %s", tmp, strerror(errnum));

@@ -47,7 +47,7 @@ static void progress_draw(struct vd_progress *p, int permille)
 	}
 	bar[40] = '\0';
 	fprintf(p->f, "\r[%s] %3d.%d%%", bar, permille / 10, permille % 10);
-	fflush(p->f);
+	(void)fflush(p->f);
 }
 
 void vd_progress_update(struct vd_progress *p, uint64_t done, uint64_t total)
@@ -74,7 +74,7 @@ void vd_progress_end(struct vd_progress *p)
 		return;
 	}
 	progress_draw(p, 1000);
-	fputc('\n', p->f);
+	(void)fputc('\n', p->f);
 	p->f = NULL;
 }
 
@@ -119,7 +119,7 @@ static void map_emit(struct vd_map_writer *w, const struct vd_map_extent *e)
 		if (e->has_offset) {
 			fprintf(w->f, ", \"offset\": %" PRIu64, e->offset);
 		}
-		fputc('}', w->f);
+		(void)fputc('}', w->f);
 	} else {
 		if (w->emitted == 0) {
 			fprintf(w->f, "%-18s %-18s %-5s %-9s %s\n", "Start", "Length", "Depth",
@@ -132,7 +132,7 @@ static void map_emit(struct vd_map_writer *w, const struct vd_map_extent *e)
 		if (e->has_offset) {
 			fprintf(w->f, " 0x%" PRIx64, e->offset);
 		}
-		fputc('\n', w->f);
+		(void)fputc('\n', w->f);
 	}
 	w->emitted++;
 }
@@ -167,7 +167,7 @@ void vd_map_writer_end(struct vd_map_writer *w)
 		w->have = false;
 	}
 	if (w->json) {
-		fputs(w->emitted ? "]\n" : "[]\n", w->f);
+		(void)fputs(w->emitted ? "]\n" : "[]\n", w->f);
 	}
 }
 
@@ -265,8 +265,8 @@ int vd_imgtool_parse_create_opts(char *s, struct vd_image_create_opts *o, struct
 			}
 			o->refcount_bits = (uint32_t)n;
 		} else if (!strcmp(item, "preallocation")) {
-			if (strcmp(val, "off") && strcmp(val, "metadata") &&
-			    strcmp(val, "falloc") && strcmp(val, "full")) {
+			if (strcmp(val, "off") != 0 && strcmp(val, "metadata") != 0 &&
+			    strcmp(val, "falloc") != 0 && strcmp(val, "full") != 0) {
 				return vd_err_set(
 					err, EINVAL,
 					"preallocation '%s' (off, metadata, falloc, full)", val);
@@ -397,11 +397,11 @@ int vd_imgtool_check(const char *path, const char *format, bool repair, bool jso
 	ret = vd_image_check(img, repair, &res, &cerr);
 	if (ret == -EOPNOTSUPP) {
 		if (json) {
-			fputs("{\"filename\": ", out);
+			(void)fputs("{\"filename\": ", out);
 			vd_ctl_json_string(out, path);
-			fputs(", \"format\": ", out);
+			(void)fputs(", \"format\": ", out);
 			vd_ctl_json_string(out, info.format);
-			fputs(", \"check-errors\": 0, \"corruptions\": 0, \"leaks\": 0, "
+			(void)fputs(", \"check-errors\": 0, \"corruptions\": 0, \"leaks\": 0, "
 			      "\"metadata\": false}\n",
 			      out);
 		} else {
@@ -418,9 +418,9 @@ int vd_imgtool_check(const char *path, const char *format, bool repair, bool jso
 	corrupt = res.corruptions - VD_MIN(res.corruptions, res.corruptions_fixed);
 	leaks = res.leaks - VD_MIN(res.leaks, res.leaks_fixed);
 	if (json) {
-		fputs("{\"filename\": ", out);
+		(void)fputs("{\"filename\": ", out);
 		vd_ctl_json_string(out, path);
-		fputs(", \"format\": ", out);
+		(void)fputs(", \"format\": ", out);
 		vd_ctl_json_string(out, info.format);
 		fprintf(out,
 			", \"check-errors\": 0, \"corruptions\": %" PRIu64 ", \"leaks\": %" PRIu64
@@ -429,10 +429,10 @@ int vd_imgtool_check(const char *path, const char *format, bool repair, bool jso
 			corrupt, leaks, res.corruptions_fixed, res.leaks_fixed, res.allocated_units,
 			res.total_units);
 		if (res.first_problem[0]) {
-			fputs(", \"first-problem\": ", out);
+			(void)fputs(", \"first-problem\": ", out);
 			vd_ctl_json_string(out, res.first_problem);
 		}
-		fputs("}\n", out);
+		(void)fputs("}\n", out);
 	} else {
 		if (res.first_problem[0]) {
 			fprintf(out, "%s\n", res.first_problem);
@@ -663,7 +663,7 @@ int vd_imgtool_convert(const struct vd_convert_opts *o, struct vd_err *err)
 	if (ret >= 0) {
 		vd_progress_end(&prog);
 	} else if (prog.f) {
-		fputc('\n', prog.f);
+		(void)fputc('\n', prog.f);
 	}
 out:
 	vd_image_sync_close(c.src);
@@ -818,7 +818,7 @@ int vd_imgtool_commit(const char *path, const char *format, enum vd_progress_mod
 				base_path);
 		}
 	} else if (prog.f) {
-		fputc('\n', prog.f);
+		(void)fputc('\n', prog.f);
 	}
 out:
 	vd_image_sync_close(ts);
@@ -876,7 +876,7 @@ static void json_str_or_null(FILE *f, const char *s)
 	if (s) {
 		vd_ctl_json_string(f, s);
 	} else {
-		fputs("null", f);
+		(void)fputs("null", f);
 	}
 }
 
@@ -907,9 +907,9 @@ int vd_imgtool_info(const char *path, const char *format, bool json, FILE *out, 
 	}
 	fmt = info.format ? info.format : "?";
 	if (json) {
-		fputs("{\"image\": ", out);
+		(void)fputs("{\"image\": ", out);
 		vd_ctl_json_string(out, path);
-		fputs(", \"format\": ", out);
+		(void)fputs(", \"format\": ", out);
 		vd_ctl_json_string(out, fmt);
 		fprintf(out,
 			", \"size_bytes\": %" PRIu64 ", \"virtual_size_bytes\": %" PRIu64
@@ -922,9 +922,9 @@ int vd_imgtool_info(const char *path, const char *format, bool json, FILE *out, 
 			info.discard_granularity_bytes, info.flush ? "true" : "false",
 			info.allocated_bytes, info.allocated_bytes, info.cluster_bytes);
 		json_str_or_null(out, info.subformat);
-		fputs(", \"backing_file\": ", out);
+		(void)fputs(", \"backing_file\": ", out);
 		json_str_or_null(out, info.backing_file);
-		fputs(", \"backing_format\": ", out);
+		(void)fputs(", \"backing_format\": ", out);
 		json_str_or_null(out, info.backing_format);
 		fprintf(out, ", \"dirty\": %s, \"corrupt\": %s}\n", info.dirty ? "true" : "false",
 			info.corrupt ? "true" : "false");

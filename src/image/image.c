@@ -120,8 +120,8 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 	}
 	if (!opts.format || strcmp(opts.format, "auto") == 0) {
 		ret = probe(path, &opts, &drv, err);
-		if (ret < 0) {
-			return ret;
+		if (ret < 0 || !drv) {
+			return ret < 0 ? ret : -EINVAL;
 		}
 	} else {
 		drv = find_driver(opts.format);

@@ -244,10 +244,10 @@ static uint32_t read_sysfs_u32(dev_t rdev, const char *attr, uint32_t dflt)
 		return dflt;
 	}
 	if (!fgets(buf, sizeof(buf), fp)) {
-		fclose(fp);
+		(void)fclose(fp);
 		return dflt;
 	}
-	fclose(fp);
+	(void)fclose(fp);
 	errno = 0;
 	v = strtoull(buf, &end, 10);
 	if (errno || end == buf || v > UINT32_MAX) {

@@ -63,7 +63,7 @@ static void uring_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file
 	default:
 		io_uring_prep_fallocate(sqe, f->fd,
 					vd_fd_falloc_mode(req->op, req->attempt ? 1 : 0),
-					req->offset_bytes, req->len_bytes);
+					(off_t)req->offset_bytes, (off_t)req->len_bytes);
 		break;
 	}
 	vd_ioctx_sqe_set_req(sqe, req);
