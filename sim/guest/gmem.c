@@ -12,8 +12,8 @@
 
 #include "sim/guest/guest-int.h"
 
-int vd_gmem_init(struct vd_gmem *m, void *mem, uint64_t nr_pages,
-		 struct grant_entry_v1 *gnttab, uint32_t nr_grefs)
+int vd_gmem_init(struct vd_gmem *m, void *mem, uint64_t nr_pages, struct grant_entry_v1 *gnttab,
+		 uint32_t nr_grefs)
 {
 	memset(m, 0, sizeof(*m));
 	if (nr_pages == 0 || nr_grefs <= VD_SG_NR_RESERVED_GREFS) {
@@ -153,8 +153,7 @@ void vd_gmem_grant_set(struct vd_gmem *m, uint32_t ref, uint16_t domid, uint64_t
 	__atomic_store_n(&e->flags, flags, __ATOMIC_RELEASE);
 }
 
-int vd_gmem_grant(struct vd_gmem *m, uint16_t domid, uint64_t page, bool readonly,
-		  uint32_t *ref)
+int vd_gmem_grant(struct vd_gmem *m, uint16_t domid, uint64_t page, bool readonly, uint32_t *ref)
 {
 	int rc = vd_gmem_gref_get(m, ref);
 

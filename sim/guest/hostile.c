@@ -14,14 +14,14 @@
 #include "common/log.h"
 #include "sim/guest/guest-int.h"
 
-#define H_ID          0x4857000000000000ull
-#define RSP_TIMEOUT   5000
-#define REFUSE_WAIT   5000
-#define S_OKAY        (1u << 0)
-#define S_ERROR       (1u << 1)
-#define S_EOPNOTSUPP  (1u << 2)
-#define MAX_TRACKED   64
-#define STATE_BIT(s)  (1u << (s))
+#define H_ID         0x4857000000000000ull
+#define RSP_TIMEOUT  5000
+#define REFUSE_WAIT  5000
+#define S_OKAY       (1u << 0)
+#define S_ERROR      (1u << 1)
+#define S_EOPNOTSUPP (1u << 2)
+#define MAX_TRACKED  64
+#define STATE_BIT(s) (1u << (s))
 
 enum { H_FAIL = 0, H_PASS = 1, H_SKIP = 2 };
 
@@ -82,8 +82,7 @@ static unsigned int status_bit(int16_t st)
 static void mask_name(unsigned int mask, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s%s%s%s%s", (mask & S_OKAY) ? "OKAY" : "",
-		 (mask & S_OKAY) && (mask & ~S_OKAY) ? " or " : "",
-		 (mask & S_ERROR) ? "ERROR" : "",
+		 (mask & S_OKAY) && (mask & ~S_OKAY) ? " or " : "", (mask & S_ERROR) ? "ERROR" : "",
 		 (mask & S_ERROR) && (mask & S_EOPNOTSUPP) ? " or " : "",
 		 (mask & S_EOPNOTSUPP) ? "EOPNOTSUPP" : "");
 }
@@ -239,8 +238,8 @@ static void rw_req(union hreq *r, uint8_t op, uint64_t sector, uint8_t nsegs, ui
 }
 
 /* A one-segment read of a full page at sector, into a fresh granted page. */
-static int h_read_one(struct hctx *h, uint64_t sector, uint32_t gref, uint8_t first,
-		      uint8_t last, unsigned int mask, const char *what)
+static int h_read_one(struct hctx *h, uint64_t sector, uint32_t gref, uint8_t first, uint8_t last,
+		      unsigned int mask, const char *what)
 {
 	union hreq r;
 
@@ -259,8 +258,8 @@ static int h_model(struct hctx *h)
 	if (h->model != NULL) {
 		return 0;
 	}
-	return vd_model_create(size, vd_wl_model_unit(bs, f->feat.sector_size, size),
-			       f->opts->seed, f->opts->verify_initial, &h->model);
+	return vd_model_create(size, vd_wl_model_unit(bs, f->feat.sector_size, size), f->opts->seed,
+			       f->opts->verify_initial, &h->model);
 }
 
 static int h_workload(struct hctx *h, uint64_t ios, struct vd_wl_result *res)
@@ -592,7 +591,8 @@ static int c_indirect_too_many_segs(struct hctx *h)
 
 static int c_indirect_bad_op(struct hctx *h)
 {
-	static const uint8_t ops[] = { BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT, BLKIF_OP_FLUSH_DISKCACHE };
+	static const uint8_t ops[] = { BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT,
+				       BLKIF_OP_FLUSH_DISKCACHE };
 
 	if (!need_indirect(h)) {
 		return H_SKIP;
@@ -686,8 +686,8 @@ static int c_prod_overflow(struct hctx *h)
 		}
 		(void)vd_fq_wait(q, 100);
 	}
-	state = vd_front_wait_be_state(h->f, STATE_BIT(XenbusStateClosing) |
-				       STATE_BIT(XenbusStateClosed), 5000);
+	state = vd_front_wait_be_state(
+		h->f, STATE_BIT(XenbusStateClosing) | STATE_BIT(XenbusStateClosed), 5000);
 	if (state < 0) {
 		snprintf(h->got, sizeof(h->got), "no response, but the backend stayed connected");
 		return H_FAIL;
@@ -721,8 +721,7 @@ static int c_request_storm(struct hctx *h)
  * refuses it (error node or Closing, never Connected), then close, and
  * check that the backend reaches Closed (it is still alive).
  */
-static int h_refused_connect(struct hctx *h, vd_publish_tweak_fn tweak, void *arg,
-			     const char *what)
+static int h_refused_connect(struct hctx *h, vd_publish_tweak_fn tweak, void *arg, const char *what)
 {
 	struct vd_front *f = h->f;
 	struct vd_err err = { 0 };
@@ -750,8 +749,10 @@ static int h_refused_connect(struct hctx *h, vd_publish_tweak_fn tweak, void *ar
 		snprintf(h->got, sizeof(h->got), "publishing failed: %s", vd_err_msg(&err));
 		return H_FAIL;
 	}
-	state = vd_front_wait_be_state(f, STATE_BIT(XenbusStateConnected) |
-				       STATE_BIT(XenbusStateClosing) | STATE_BIT(XenbusStateClosed),
+	state = vd_front_wait_be_state(f,
+				       STATE_BIT(XenbusStateConnected) |
+					       STATE_BIT(XenbusStateClosing) |
+					       STATE_BIT(XenbusStateClosed),
 				       REFUSE_WAIT);
 	if (state == XenbusStateConnected) {
 		snprintf(h->got, sizeof(h->got), "Connected (%s)", what);
@@ -923,7 +924,8 @@ static int check_old_or_new(struct hctx *h, const uint8_t *buf, uint64_t off, ui
 		if (n_new == unit / VD_SECTOR_SIZE) {
 			vd_model_set(m, off + u, unit, gen);
 		} else if (n_new > 0) {
-			vd_model_set(m, off + u, unit, VD_GEN_UNKNOWN); /* torn: either per sector */
+			vd_model_set(m, off + u, unit,
+				     VD_GEN_UNKNOWN); /* torn: either per sector */
 		}
 	}
 	return bad;
@@ -994,8 +996,8 @@ static int c_disconnect_inflight(struct hctx *h)
 /* ---------------- the table ---------------- */
 
 enum {
-	F_CONNECT = 1u << 0,  /* connect normally before the case */
-	F_SERVES = 1u << 1,   /* then a short verified workload must pass */
+	F_CONNECT = 1u << 0, /* connect normally before the case */
+	F_SERVES = 1u << 1,  /* then a short verified workload must pass */
 };
 
 struct hcase {

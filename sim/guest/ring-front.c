@@ -204,8 +204,8 @@ int vd_fq_put_raw(struct vd_fq *q, const void *req, size_t len)
 }
 
 /* Grant the data pages of a read/write and describe them as segments. */
-static int grant_segments(struct vd_fq *q, struct vd_slot *s,
-			  struct blkif_request_segment *seg, unsigned int nsegs)
+static int grant_segments(struct vd_fq *q, struct vd_slot *s, struct blkif_request_segment *seg,
+			  unsigned int nsegs)
 {
 	struct vd_front *f = q->f;
 	bool readonly = s->io.op == BLKIF_OP_WRITE; /* the backend only reads it */

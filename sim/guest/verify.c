@@ -16,8 +16,8 @@
 
 _Static_assert(sizeof(struct vd_sector_hdr) == 32, "sector header layout");
 
-int vd_model_create(uint64_t size_bytes, uint32_t unit_bytes, uint64_t seed,
-		    bool verify_initial, struct vd_model **out)
+int vd_model_create(uint64_t size_bytes, uint32_t unit_bytes, uint64_t seed, bool verify_initial,
+		    struct vd_model **out)
 {
 	struct vd_model *m;
 	uint64_t units;
@@ -102,8 +102,8 @@ void vd_sector_fill(void *buf, uint64_t off_bytes, uint32_t gen, uint64_t seed)
 	}
 }
 
-void vd_model_fill(const struct vd_model *m, void *buf, uint64_t off_bytes,
-		   uint64_t len_bytes, uint32_t gen)
+void vd_model_fill(const struct vd_model *m, void *buf, uint64_t off_bytes, uint64_t len_bytes,
+		   uint32_t gen)
 {
 	for (uint64_t i = 0; i < len_bytes; i += VD_SECTOR_SIZE) {
 		vd_sector_fill((uint8_t *)buf + i, off_bytes + i, gen, m->seed);
@@ -120,8 +120,7 @@ static bool is_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
-bool vd_sector_matches(const struct vd_model *m, const void *buf, uint64_t off_bytes,
-		       uint32_t gen)
+bool vd_sector_matches(const struct vd_model *m, const void *buf, uint64_t off_bytes, uint32_t gen)
 {
 	uint8_t expect[VD_SECTOR_SIZE];
 

@@ -15,7 +15,7 @@
 #include "common/log.h"
 #include "sim/guest/guest-int.h"
 
-#define STATE_BIT(s) (1u << (s))
+#define STATE_BIT(s)    (1u << (s))
 #define PUBLISH_RETRIES 50
 
 static char *xs_read_str(struct vd_front *f, const char *dir, const char *key)
@@ -46,8 +46,7 @@ static int read_uint(struct vd_front *f, const char *dir, const char *key, uint6
 	return rc;
 }
 
-static uint64_t read_uint_default(struct vd_front *f, const char *key, uint64_t max,
-				  uint64_t dflt)
+static uint64_t read_uint_default(struct vd_front *f, const char *key, uint64_t max, uint64_t dflt)
 {
 	uint64_t v;
 
@@ -272,7 +271,8 @@ static int tx_printf(struct vd_front *f, xs_transaction_t t, const char *dir, co
 
 	snprintf(path, sizeof(path), "%s/%s", dir, key);
 	va_start(ap, fmt);
-	(void)vsnprintf(val, sizeof(val), fmt, ap); /* NOLINT(clang-analyzer-valist.Uninitialized) */
+	(void)vsnprintf(val, sizeof(val), fmt,
+			ap); /* NOLINT(clang-analyzer-valist.Uninitialized) */
 	va_end(ap);
 	if (!xs_write(f->xs, t, path, val, (unsigned int)strlen(val))) {
 		return -errno;
@@ -304,9 +304,9 @@ static int write_queue(struct vd_front *f, xs_transaction_t t, const char *dir, 
 /* Remove what an earlier connection (or a hostile case) left behind. */
 static void remove_stale_config(struct vd_front *f, xs_transaction_t t)
 {
-	static const char *const keys[] = { "ring-ref", "ring-page-order", "event-channel",
-					    "multi-queue-num-queues", "protocol",
-					    "feature-persistent" };
+	static const char *const keys[] = { "ring-ref",      "ring-page-order",
+					    "event-channel", "multi-queue-num-queues",
+					    "protocol",      "feature-persistent" };
 	char path[512];
 
 	for (unsigned int i = 0; i < VD_ARRAY_SIZE(keys); i++) {
@@ -395,8 +395,10 @@ static int create_queues(struct vd_front *f, struct vd_err *err)
 
 		if (rc < 0) {
 			vd_front_free_queues(f);
-			return vd_err_set(err, -rc, "queue %u: ring/slot setup failed "
-					  "(guest memory or grant table too small?)", i);
+			return vd_err_set(err, -rc,
+					  "queue %u: ring/slot setup failed "
+					  "(guest memory or grant table too small?)",
+					  i);
 		}
 	}
 	return 0;
@@ -427,12 +429,14 @@ int vd_front_connect(struct vd_front *f, struct vd_err *err)
 	if (rc < 0) {
 		return vd_err_set(err, -rc, "writing state Initialised failed");
 	}
-	rc = vd_front_wait_be_state(f, STATE_BIT(XenbusStateConnected) |
-				    STATE_BIT(XenbusStateClosing) | STATE_BIT(XenbusStateClosed),
+	rc = vd_front_wait_be_state(f,
+				    STATE_BIT(XenbusStateConnected) |
+					    STATE_BIT(XenbusStateClosing) |
+					    STATE_BIT(XenbusStateClosed),
 				    30000);
 	if (rc != XenbusStateConnected) {
-		return vd_err_set(err, rc < 0 ? -rc : EPROTO,
-				  "backend did not connect (state %d)", rc);
+		return vd_err_set(err, rc < 0 ? -rc : EPROTO, "backend did not connect (state %d)",
+				  rc);
 	}
 	rc = vd_front_set_state(f, XenbusStateConnected);
 	if (rc < 0) {
@@ -451,8 +455,8 @@ int vd_front_disconnect(struct vd_front *f, struct vd_err *err)
 	if (rc < 0) {
 		return vd_err_set(err, -rc, "writing state Closing failed");
 	}
-	rc = vd_front_wait_be_state(f, STATE_BIT(XenbusStateClosing) |
-				    STATE_BIT(XenbusStateClosed), 10000);
+	rc = vd_front_wait_be_state(f, STATE_BIT(XenbusStateClosing) | STATE_BIT(XenbusStateClosed),
+				    10000);
 	if (rc < 0 && rc != -ENOENT) {
 		return vd_err_set(err, -rc, "backend did not reach Closing");
 	}
@@ -460,8 +464,8 @@ int vd_front_disconnect(struct vd_front *f, struct vd_err *err)
 	if (rc < 0) {
 		return vd_err_set(err, -rc, "writing state Closed failed");
 	}
-	rc = vd_front_wait_be_state(f, STATE_BIT(XenbusStateClosed) |
-				    STATE_BIT(XenbusStateInitWait), 10000);
+	rc = vd_front_wait_be_state(
+		f, STATE_BIT(XenbusStateClosed) | STATE_BIT(XenbusStateInitWait), 10000);
 	if (rc < 0 && rc != -ENOENT) {
 		/* The backend may still use the rings: keep them granted. */
 		return vd_err_set(err, -rc, "backend did not reach Closed");

@@ -24,7 +24,7 @@
 struct vd_xs_server;
 
 int vd_xs_server_create(struct vd_xs_server **out);
-void vd_xs_server_destroy(struct vd_xs_server *s);   /* closes every socket */
+void vd_xs_server_destroy(struct vd_xs_server *s); /* closes every socket */
 
 /* Listen on path (unlinked first); connections act as domid. */
 int vd_xs_server_listen(struct vd_xs_server *s, const char *path, uint16_t domid);

@@ -319,8 +319,9 @@ static int cmd_create(int argc, char **argv)
 	if (argc - optind == 2) {
 		r = vd_ctl_parse_size(argv[optind + 1], &co.size_bytes);
 		if (r < 0 || co.size_bytes == 0) {
-			return usage_error(r == -ERANGE ? "SIZE '%s' is too large"
-							: "invalid SIZE '%s' (bytes, or with K/M/G/T)",
+			return usage_error(r == -ERANGE
+						   ? "SIZE '%s' is too large"
+						   : "invalid SIZE '%s' (bytes, or with K/M/G/T)",
 					   argv[optind + 1]);
 		}
 	}

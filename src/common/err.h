@@ -9,7 +9,7 @@
 #include "common/compiler.h"
 
 struct vd_err {
-	int errnum;     /* positive errno, 0 when unset */
+	int errnum; /* positive errno, 0 when unset */
 	char msg[256];
 };
 

@@ -27,19 +27,19 @@ struct vd_ratelimit {
 /* True if a message may be printed now (burst of 10 per second). */
 bool vd_ratelimit_ok(struct vd_ratelimit *rl);
 
-#define vd_log_ratelimited(level, ...)                     \
-	do {                                               \
-		static __thread struct vd_ratelimit rl_;   \
-		if (vd_ratelimit_ok(&rl_)) {               \
-			vd_log(level, __VA_ARGS__);        \
-		}                                          \
+#define vd_log_ratelimited(level, ...)                   \
+	do {                                             \
+		static __thread struct vd_ratelimit rl_; \
+		if (vd_ratelimit_ok(&rl_)) {             \
+			vd_log(level, __VA_ARGS__);      \
+		}                                        \
 	} while (0)
 
-#define VD_DEBUG(comp, ...)                             \
-	do {                                            \
+#define VD_DEBUG(comp, ...)                                \
+	do {                                               \
 		if (vd_unlikely(vd_debug_enabled(comp))) { \
 			vd_log(VD_LOG_DEBUG, __VA_ARGS__); \
-		}                                       \
+		}                                          \
 	} while (0)
 
 uint64_t vd_now_ns(void); /* CLOCK_MONOTONIC */

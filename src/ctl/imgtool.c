@@ -402,8 +402,8 @@ int vd_imgtool_check(const char *path, const char *format, bool repair, bool jso
 			(void)fputs(", \"format\": ", out);
 			vd_ctl_json_string(out, info.format);
 			(void)fputs(", \"check-errors\": 0, \"corruptions\": 0, \"leaks\": 0, "
-			      "\"metadata\": false}\n",
-			      out);
+				    "\"metadata\": false}\n",
+				    out);
 		} else {
 			fprintf(out, "%s: %s image, no metadata to check\n", path, info.format);
 		}

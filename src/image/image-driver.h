@@ -45,8 +45,7 @@ struct vd_image_driver {
 	void (*submit)(struct vd_image *img, struct vd_image_queue *iq, struct vd_io *io);
 	int (*get_info)(struct vd_image *img, struct vd_image_info *info);
 	/* Optional. Sizes are validated by the core; o->flags: VD_IMAGE_CREATE_*. */
-	int (*create)(const char *path, const struct vd_image_create_opts *o,
-		      struct vd_err *err);
+	int (*create)(const char *path, const struct vd_image_create_opts *o, struct vd_err *err);
 	/*
 	 * Optional, control thread, synchronous. Status of THIS layer only:
 	 * ALLOCATED (+ DATA and/or ZERO) if this layer decides the range, else

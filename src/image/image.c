@@ -193,8 +193,8 @@ int vd_image_get_info(struct vd_image *img, struct vd_image_info *info)
 	return 0;
 }
 
-int vd_image_create_opts(const char *path, const char *format,
-			 const struct vd_image_create_opts *o, struct vd_err *err)
+int vd_image_create_opts(const char *path, const char *format, const struct vd_image_create_opts *o,
+			 struct vd_err *err)
 {
 	const struct vd_image_driver *drv;
 
@@ -513,8 +513,8 @@ static void sync_cb(struct vd_io *io, int64_t result)
 	w->result = result;
 }
 
-int64_t vd_image_sync_io(struct vd_image_sync *s, enum vd_io_op op, void *buf,
-			 uint64_t len_bytes, uint64_t offset_bytes)
+int64_t vd_image_sync_io(struct vd_image_sync *s, enum vd_io_op op, void *buf, uint64_t len_bytes,
+			 uint64_t offset_bytes)
 {
 	struct sync_wait w = { 0 };
 	struct iovec iov = { .iov_base = buf, .iov_len = len_bytes };

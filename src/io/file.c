@@ -25,11 +25,7 @@
 #include "io/io-int.h"
 
 static const struct vd_io_backend *const backends[] = {
-	&vd_uring_backend,
-	&vd_sync_backend,
-	&vd_null_backend,
-	&vd_mem_backend,
-	&vd_fault_backend,
+	&vd_uring_backend, &vd_sync_backend, &vd_null_backend, &vd_mem_backend, &vd_fault_backend,
 };
 
 const struct vd_io_backend *vd_io_backend_find(const char *name)

@@ -39,13 +39,13 @@ struct vd_evtchn;
  * (checked by the hypervisor, not trusted from the caller).
  */
 struct vd_gcopy {
-	void *local;                 /* our buffer */
+	void *local; /* our buffer */
 	uint32_t gref;
 	uint16_t domid;
 	uint16_t guest_offset_bytes;
-	uint16_t len_bytes;          /* 1..4096 */
-	bool to_guest;               /* true: local -> guest (a READ's data) */
-	int16_t status;              /* out: GNTST_* */
+	uint16_t len_bytes; /* 1..4096 */
+	bool to_guest;      /* true: local -> guest (a READ's data) */
+	int16_t status;     /* out: GNTST_* */
 };
 
 /* Open the named transport ("xen" or "sim"). sim finds the hypervisor at

@@ -39,13 +39,13 @@ struct vd_hvc;
 /* A domain's memory and grant table as mapped in this process. */
 struct vd_simdom {
 	uint16_t domid;
-	void *mem;                          /* nr_pages * 4096 bytes */
+	void *mem; /* nr_pages * 4096 bytes */
 	uint64_t nr_pages;
-	struct grant_entry_v1 *gnttab;      /* nr_grant_entries entries */
+	struct grant_entry_v1 *gnttab; /* nr_grant_entries entries */
 	uint32_t nr_grant_entries;
-	bool writable_gnttab;               /* guest side only */
-	int mem_fd;                         /* the RAM memfd (sealed size); -1 once unmapped */
-	int gnttab_fd;                      /* the grant table memfd; -1 once unmapped */
+	bool writable_gnttab; /* guest side only */
+	int mem_fd;           /* the RAM memfd (sealed size); -1 once unmapped */
+	int gnttab_fd;        /* the grant table memfd; -1 once unmapped */
 };
 
 /* sim_dir: NULL = $VDISK_SIM_DIR or VD_SIM_DEFAULT_DIR. */
@@ -73,8 +73,7 @@ int vd_hvc_domain_create(struct vd_hvc *h, uint16_t domid, uint64_t mem_bytes,
  * vd_hvc_domain_unmap() too (after vd_hvc_close(), or before it: the domain
  * lives as long as the connection).
  */
-int vd_hvc_domain_map(struct vd_hvc *h, uint16_t domid, struct vd_simdom *out,
-		      struct vd_err *err);
+int vd_hvc_domain_map(struct vd_hvc *h, uint16_t domid, struct vd_simdom *out, struct vd_err *err);
 void vd_hvc_domain_unmap(struct vd_simdom *d);
 
 /*
@@ -83,8 +82,8 @@ void vd_hvc_domain_unmap(struct vd_simdom *d);
  * entry domid == self, GTF_readonly forbids write, frame < nr_pages.
  * Returns GNTST_okay and the page's address, or a GNTST_* error.
  */
-int vd_simdom_check_grant(const struct vd_simdom *d, uint16_t self, uint32_t gref,
-			  bool write, void **page);
+int vd_simdom_check_grant(const struct vd_simdom *d, uint16_t self, uint32_t gref, bool write,
+			  void **page);
 
 /* ---- event channels (both sides) ---- */
 
@@ -94,11 +93,10 @@ int vd_simdom_check_grant(const struct vd_simdom *d, uint16_t self, uint32_t gre
  * events, close it after vd_hvc_evtchn_close(). The same holds for the *fd of
  * vd_hvc_evtchn_bind_interdomain().
  */
-int vd_hvc_evtchn_alloc_unbound(struct vd_hvc *h, uint16_t remote_domid, uint32_t *port,
-				int *fd);
+int vd_hvc_evtchn_alloc_unbound(struct vd_hvc *h, uint16_t remote_domid, uint32_t *port, int *fd);
 /* Bind to (remote_domid, remote_port); -EINVAL if it is not unbound for us. */
-int vd_hvc_evtchn_bind_interdomain(struct vd_hvc *h, uint16_t remote_domid,
-				   uint32_t remote_port, uint32_t *local_port, int *fd);
+int vd_hvc_evtchn_bind_interdomain(struct vd_hvc *h, uint16_t remote_domid, uint32_t remote_port,
+				   uint32_t *local_port, int *fd);
 /* Signal the peer of local port. -ENOTCONN if the port is not bound. */
 int vd_hvc_evtchn_notify(struct vd_hvc *h, uint32_t port);
 /* Close the port (the peer sees it unbound). */

@@ -19,8 +19,8 @@ static void test_buckets_are_contiguous(void **state)
 
 static void test_index_roundtrip(void **state)
 {
-	static const uint64_t vals[] = { 0, 1, 31, 32, 33, 63, 64, 100, 1000, 4095, 4096,
-					 123456, 1ull << 39 };
+	static const uint64_t vals[] = { 0,   1,    31,   32,   33,     63,        64,
+					 100, 1000, 4095, 4096, 123456, 1ull << 39 };
 
 	for (unsigned int i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
 		unsigned int idx = vd_hist_index(vals[i]);

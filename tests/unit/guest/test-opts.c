@@ -41,11 +41,37 @@ static void test_defaults(void **state)
 
 static void test_values(void **state)
 {
-	const char *args[] = { "--dir", "/tmp/x", "--domid", "5", "--vdev", "51728", "--queues",
-			       "16", "--ring-order", "4", "--no-indirect", "--rw", "randwrite",
-			       "--rwmix", "70", "--bs", "64k", "--iodepth", "32", "--runtime", "3",
-			       "--flush-every", "10", "--discard-every", "20", "--seed", "99",
-			       "--json", "--hostile", "list", NULL };
+	const char *args[] = { "--dir",
+			       "/tmp/x",
+			       "--domid",
+			       "5",
+			       "--vdev",
+			       "51728",
+			       "--queues",
+			       "16",
+			       "--ring-order",
+			       "4",
+			       "--no-indirect",
+			       "--rw",
+			       "randwrite",
+			       "--rwmix",
+			       "70",
+			       "--bs",
+			       "64k",
+			       "--iodepth",
+			       "32",
+			       "--runtime",
+			       "3",
+			       "--flush-every",
+			       "10",
+			       "--discard-every",
+			       "20",
+			       "--seed",
+			       "99",
+			       "--json",
+			       "--hostile",
+			       "list",
+			       NULL };
 	struct vd_sg_opts o;
 
 	assert_int_equal(parse(&o, args), 0);
@@ -71,14 +97,14 @@ static void test_values(void **state)
 static void test_refusals(void **state)
 {
 	static const char *const bad[][3] = {
-		{ "--queues", "0", NULL },      { "--queues", "17", NULL },
-		{ "--ring-order", "5", NULL },  { "--bs", "1000", NULL },
-		{ "--bs", "0", NULL },          { "--bs", "4x", NULL },
-		{ "--bs", "64m", NULL },        { "--rw", "sideways", NULL },
-		{ "--rwmix", "101", NULL },     { "--iodepth", "-1", NULL },
-		{ "--iodepth", "0", NULL },     { "--seed", "", NULL },
-		{ "--domid", "99999", NULL },   { "--nope", NULL, NULL },
-		{ "stray", NULL, NULL },        { "--ios", "12abc", NULL },
+		{ "--queues", "0", NULL },     { "--queues", "17", NULL },
+		{ "--ring-order", "5", NULL }, { "--bs", "1000", NULL },
+		{ "--bs", "0", NULL },         { "--bs", "4x", NULL },
+		{ "--bs", "64m", NULL },       { "--rw", "sideways", NULL },
+		{ "--rwmix", "101", NULL },    { "--iodepth", "-1", NULL },
+		{ "--iodepth", "0", NULL },    { "--seed", "", NULL },
+		{ "--domid", "99999", NULL },  { "--nope", NULL, NULL },
+		{ "stray", NULL, NULL },       { "--ios", "12abc", NULL },
 	};
 	const char *both[] = { "--runtime", "1", "--ios", "5", NULL };
 	struct vd_sg_opts o;
