@@ -7,7 +7,7 @@
 #
 # Environment:
 #   VDISK_TEST_SUITES="unit func"  only these meson suites (default: all)
-#   VDISK_TEST_SKIP="asan tidy"    skip steps: format release asan tidy cppcheck ban
+#   VDISK_TEST_SKIP="asan tidy"    skip steps: format release asan tsan tidy cppcheck ban
 #   JOBS=N                          ninja -j (default 2)
 set -uo pipefail
 
@@ -189,6 +189,27 @@ fi
 
 if ! skipped asan; then
 	build_and_test asan build-asan -Db_sanitize=address,undefined -Db_lundef=false
+fi
+
+# The threaded tests (queue thread, cross-thread messages, reactor) under
+# ThreadSanitizer, as STYLE.md asks: clang, only what has threads.
+if ! skipped tsan; then
+	section "tsan: queue and io tests (clang -fsanitize=thread)"
+	rc=0
+	if [ ! -f build-tsan/build.ninja ]; then
+		rm -rf build-tsan
+		CC=clang meson setup build-tsan -Db_sanitize=thread -Db_lundef=false >/dev/null || rc=$?
+	fi
+	if [ "$rc" -eq 0 ]; then
+		ninja -C build-tsan -j "$JOBS" tests/unit/queue/test-queue tests/unit/io/test-io || rc=$?
+	fi
+	step_result "tsan: build" "$rc"
+	if [ "$rc" -eq 0 ]; then
+		rm -f build-tsan/meson-logs/testlog.json
+		TSAN_OPTIONS=halt_on_error=1 meson test -C build-tsan --no-rebuild --print-errorlogs \
+			queue-datapath io-conformance
+		count_testlog tsan build-tsan/meson-logs/testlog.json
+	fi
 fi
 
 if ! skipped tidy; then
