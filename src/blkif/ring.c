@@ -21,9 +21,17 @@
  * need to stop the compiler; mb must order a store before a later load
  * (mfence or a locked instruction): a seq_cst fence gives that.
  */
-#define ring_mb()  vd_smp_mb()
-#define ring_rmb() vd_smp_rmb()
-#define ring_wmb() vd_smp_wmb()
+#define ring_mb() vd_smp_mb()
+/*
+ * The indices shared with the guest are C11 atomics: acquire when reading
+ * the guest's producer index (the slots it published are read after it),
+ * release when publishing ours (the responses are written before it). Also
+ * what lets ThreadSanitizer check the queue tests, whose frontend is a
+ * thread of the same process.
+ */
+#define ring_load_acquire(x)   __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define ring_load_relaxed(x)   __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define ring_store_release(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 
 /* The shared header (req_prod .. rsp_event) is laid out alike in every ABI. */
 static struct blkif_sring *hdr(const struct vd_blkif_ring *r)
@@ -103,7 +111,7 @@ int vd_blkif_ring_init(struct vd_blkif_ring *r, enum vd_blkif_abi abi, void *sri
 	r->nr_ents = n;
 	r->sring = sring;
 	/* BACK_RING_ATTACH: continue from whatever responses are already out. */
-	r->rsp_prod_pvt = VD_READ_ONCE(hdr(r)->rsp_prod);
+	r->rsp_prod_pvt = ring_load_relaxed(hdr(r)->rsp_prod);
 	r->req_cons = r->rsp_prod_pvt;
 	r->nr_in_flight = 0;
 	return 0;
@@ -111,9 +119,9 @@ int vd_blkif_ring_init(struct vd_blkif_ring *r, enum vd_blkif_abi abi, void *sri
 
 int vd_blkif_ring_pending(struct vd_blkif_ring *r)
 {
-	RING_IDX prod = VD_READ_ONCE(hdr(r)->req_prod);
+	/* Read once; the slots up to prod are read after it (acquire). */
+	RING_IDX prod = ring_load_acquire(hdr(r)->req_prod);
 
-	ring_rmb(); /* the slots up to prod are read after prod */
 	/* RING_REQUEST_PROD_OVERFLOW, and req_prod moving backwards. */
 	if (prod - r->rsp_prod_pvt > r->nr_ents || prod - r->req_cons > r->nr_ents) {
 		return -EPROTO;
@@ -315,14 +323,14 @@ void vd_blkif_ring_put_rsp(struct vd_blkif_ring *r, uint64_t id, uint8_t wire_op
 bool vd_blkif_ring_push_rsps(struct vd_blkif_ring *r)
 {
 	/* RING_PUSH_RESPONSES_AND_CHECK_NOTIFY */
-	RING_IDX old = VD_READ_ONCE(hdr(r)->rsp_prod);
+	RING_IDX old = ring_load_relaxed(hdr(r)->rsp_prod);
 	RING_IDX new = r->rsp_prod_pvt;
 	RING_IDX event;
 
-	ring_wmb(); /* the guest sees responses before the producer index */
-	VD_WRITE_ONCE(hdr(r)->rsp_prod, new);
+	/* The guest sees the responses before the producer index (release). */
+	ring_store_release(hdr(r)->rsp_prod, new);
 	ring_mb(); /* the guest sees the new index before we read rsp_event */
-	event = VD_READ_ONCE(hdr(r)->rsp_event);
+	event = ring_load_relaxed(hdr(r)->rsp_event);
 	return (RING_IDX)(new - event) < (RING_IDX)(new - old);
 }
 
@@ -334,7 +342,7 @@ int vd_blkif_ring_final_check(struct vd_blkif_ring *r)
 	if (n != 0) {
 		return n;
 	}
-	VD_WRITE_ONCE(hdr(r)->req_event, r->req_cons + 1);
+	__atomic_store_n(&hdr(r)->req_event, r->req_cons + 1, __ATOMIC_RELAXED);
 	ring_mb(); /* req_event is visible before we look at req_prod again */
 	return vd_blkif_ring_pending(r);
 }
