@@ -48,6 +48,16 @@ struct vd_image_opts {
 	bool readonly;
 	enum vd_cache_mode cache;
 	uint64_t size_bytes; /* for null/mem backends */
+	/*
+	 * qcow2 (0: defaults). L2 cache size in bytes (default: enough for the
+	 * whole disk, at most 32 MiB, as QEMU on Linux) and the size of one
+	 * cache entry (a slice of an L2 table: a power of two from 512 to the
+	 * cluster size; default the cluster size): QEMU's l2-cache-size and
+	 * l2-cache-entry-size.
+	 */
+	uint64_t l2_cache_bytes;
+	uint64_t l2_cache_entry_bytes;
+	const char *snapshot; /* qcow2: open this internal snapshot (id or name), read-only */
 };
 
 struct vd_image_info {

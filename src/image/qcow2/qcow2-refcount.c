@@ -1,0 +1,962 @@
+/*
+ * qcow2: refcounts, cluster allocation, deferred frees, metadata write-back
+ * and check/repair (QEMU qcow2-refcount.c).
+ *
+ * A writable image keeps its refcount blocks in memory (loaded at open;
+ * their size is bounded by the file's). Allocation scans from free_cursor
+ * for a cluster with refcount 0; a range without a refcount block gets one,
+ * placed in the first free cluster of that range (it describes itself); a
+ * refcount table too small is replaced by a larger one at the end of the
+ * file (written, flushed, then the header switched, then the old one freed).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/log.h"
+#include "image/qcow2/qcow2-int.h"
+
+#define CHECK_MAX_CLUSTERS (256ull << 20)
+
+static uint64_t rc_decode(const uint8_t *blk, unsigned int order, uint64_t i)
+{
+	unsigned int bits = 1u << order;
+
+	switch (order) {
+	case 6:
+		return qcow2_be64(blk + i * 8);
+	case 5:
+		return qcow2_be32(blk + i * 4);
+	case 4:
+		return qcow2_be16(blk + i * 2);
+	case 3:
+		return blk[i];
+	default:
+		return (blk[i * bits / 8] >> ((i * bits) % 8)) & ((1u << bits) - 1);
+	}
+}
+
+static void rc_encode(uint8_t *blk, unsigned int order, uint64_t i, uint64_t v)
+{
+	unsigned int bits = 1u << order;
+
+	switch (order) {
+	case 6:
+		qcow2_put_be64(blk + i * 8, v);
+		break;
+	case 5:
+		qcow2_put_be32(blk + i * 4, (uint32_t)v);
+		break;
+	case 4:
+		qcow2_put_be16(blk + i * 2, (uint16_t)v);
+		break;
+	case 3:
+		blk[i] = (uint8_t)v;
+		break;
+	default: {
+		uint64_t bit = i * bits;
+		uint8_t mask = (uint8_t)(((1u << bits) - 1) << (bit % 8));
+
+		blk[bit / 8] = (uint8_t)((blk[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+		break;
+	}
+	}
+}
+
+static uint64_t file_size(struct qcow2_state *s)
+{
+	uint64_t sz = s->file->info.size_bytes;
+	struct stat st;
+
+	if (s->file->fd >= 0 && fstat(s->file->fd, &st) == 0 && S_ISREG(st.st_mode)) {
+		sz = VD_MAX(sz, (uint64_t)st.st_size);
+	}
+	return sz;
+}
+
+void vd_qcow2_refcounts_free(struct qcow2_state *s)
+{
+	for (uint64_t i = 0; s->refblocks && i < s->reftable_entries; i++) {
+		free(s->refblocks[i]);
+	}
+	free(s->refblocks);
+	free(s->refblock_dirty);
+	free(s->reftable);
+	free(s->frees);
+	s->refblocks = NULL;
+	s->refblock_dirty = NULL;
+	s->reftable = NULL;
+	s->frees = NULL;
+	s->nr_frees = s->max_frees = 0;
+	s->refcounts_loaded = false;
+}
+
+int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	uint64_t fsz = file_size(s), nonzero = 0;
+	uint8_t *buf;
+	int ret;
+
+	s->refcount_bits = 1u << s->refcount_order;
+	s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX : (1ull << s->refcount_bits) - 1;
+	s->refs_per_block = s->cluster_bytes * 8 / s->refcount_bits;
+	s->reftable_entries = (uint64_t)s->reftable_clusters * s->cluster_bytes / 8;
+	s->reftable = calloc(s->reftable_entries, sizeof(*s->reftable));
+	s->refblocks = calloc(s->reftable_entries, sizeof(*s->refblocks));
+	s->refblock_dirty = calloc(s->reftable_entries, sizeof(*s->refblock_dirty));
+	buf = vd_qcow2_alloc_buf(s->reftable_entries * 8);
+	if (!s->reftable || !s->refblocks || !s->refblock_dirty || !buf) {
+		free(buf);
+		vd_qcow2_refcounts_free(s);
+		return vd_err_set(err, ENOMEM, "out of memory");
+	}
+	ret = vd_qcow2_pread(s, buf, s->reftable_entries * 8, s->reftable_offset);
+	if (ret < 0) {
+		free(buf);
+		vd_qcow2_refcounts_free(s);
+		return vd_err_set(err, -ret, "%s: reading the refcount table", img->path);
+	}
+	for (uint64_t i = 0; i < s->reftable_entries; i++) {
+		uint64_t off = qcow2_be64(buf + i * 8) & ~511ull;
+
+		if (off == 0) {
+			continue;
+		}
+		if (!VD_IS_ALIGNED(off, s->cluster_bytes) || off >= fsz ||
+		    ++nonzero > fsz / s->cluster_bytes + 1) {
+			free(buf);
+			vd_qcow2_refcounts_free(s);
+			return vd_err_set(err, EINVAL,
+					  "%s: refcount block %llu at a bad offset 0x%llx (try "
+					  "qemu-img check -r all)",
+					  img->path, (unsigned long long)i,
+					  (unsigned long long)off);
+		}
+		s->reftable[i] = off;
+		s->refblocks[i] = vd_qcow2_alloc_buf(s->cluster_bytes);
+		if (!s->refblocks[i]) {
+			free(buf);
+			vd_qcow2_refcounts_free(s);
+			return vd_err_set(err, ENOMEM, "out of memory");
+		}
+		ret = vd_qcow2_pread(s, s->refblocks[i], s->cluster_bytes, off);
+		if (ret < 0) {
+			free(buf);
+			vd_qcow2_refcounts_free(s);
+			return vd_err_set(err, -ret, "%s: reading refcount block %llu", img->path,
+					  (unsigned long long)i);
+		}
+	}
+	free(buf);
+	s->free_cursor = 1;
+	s->file_end_bytes = VD_ALIGN_UP(fsz, s->cluster_bytes);
+	s->refcounts_loaded = true;
+	return 0;
+}
+
+uint64_t vd_qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster)
+{
+	uint64_t b = cluster / s->refs_per_block;
+
+	if (b >= s->reftable_entries || !s->refblocks[b]) {
+		return 0;
+	}
+	return rc_decode(s->refblocks[b], s->refcount_order, cluster % s->refs_per_block);
+}
+
+static void refcount_set(struct qcow2_state *s, uint64_t cluster, uint64_t v)
+{
+	uint64_t b = cluster / s->refs_per_block;
+
+	rc_encode(s->refblocks[b], s->refcount_order, cluster % s->refs_per_block, v);
+	s->refblock_dirty[b] = true;
+	s->refcounts_dirty = true;
+}
+
+static int write_refblocks(struct qcow2_state *s, bool table)
+{
+	for (uint64_t i = 0; i < s->reftable_entries; i++) {
+		int ret;
+
+		if (!s->refblock_dirty[i] || !s->refblocks[i]) {
+			continue;
+		}
+		ret = vd_qcow2_pwrite(s, s->refblocks[i], s->cluster_bytes, s->reftable[i]);
+		if (ret < 0) {
+			return ret;
+		}
+		s->refblock_dirty[i] = false;
+	}
+	if (table) {
+		uint8_t *buf = vd_qcow2_alloc_buf(s->reftable_entries * 8);
+		int ret;
+
+		if (!buf) {
+			return -ENOMEM;
+		}
+		for (uint64_t i = 0; i < s->reftable_entries; i++) {
+			qcow2_put_be64(buf + i * 8, s->reftable[i]);
+		}
+		ret = vd_qcow2_pwrite(s, buf, s->reftable_entries * 8, s->reftable_offset);
+		free(buf);
+		if (ret < 0) {
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/* Replace the refcount table by one of at least min_entries, at the end. */
+static int grow_reftable(struct vd_image *img, uint64_t min_entries)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	uint64_t per_cluster = s->cluster_bytes / 8;
+	uint64_t e = s->file_end_bytes / s->cluster_bytes;
+	uint64_t entries = VD_MAX(min_entries, s->reftable_entries * 2), T, K = 0;
+	uint64_t old_off = s->reftable_offset, old_len = s->reftable_entries * 8;
+	uint64_t *nt;
+	uint8_t **nb;
+	bool *nd;
+	int ret;
+
+	for (;;) {
+		uint64_t need = 0, last;
+
+		entries = VD_ALIGN_UP(entries, per_cluster);
+		T = entries / per_cluster;
+		if (T * s->cluster_bytes > QCOW2_MAX_REFTABLE_BYTES) {
+			return -EFBIG;
+		}
+		for (;;) {
+			uint64_t k = 0;
+
+			last = (e + T + K - 1) / s->refs_per_block;
+			for (uint64_t b = e / s->refs_per_block; b <= last; b++) {
+				if (b >= s->reftable_entries || !s->refblocks[b]) {
+					k++;
+				}
+			}
+			if (k == K) {
+				break;
+			}
+			K = k;
+		}
+		need = last + 1;
+		if (need <= entries) {
+			break;
+		}
+		entries = need;
+	}
+	nt = calloc(entries, sizeof(*nt));
+	nb = calloc(entries, sizeof(*nb));
+	nd = calloc(entries, sizeof(*nd));
+	if (!nt || !nb || !nd) {
+		free(nt);
+		free(nb);
+		free(nd);
+		return -ENOMEM;
+	}
+	memcpy(nt, s->reftable, s->reftable_entries * sizeof(*nt));
+	memcpy(nb, s->refblocks, s->reftable_entries * sizeof(*nb));
+	memcpy(nd, s->refblock_dirty, s->reftable_entries * sizeof(*nd));
+	{
+		uint64_t j = 0, last = (e + T + K - 1) / s->refs_per_block;
+
+		for (uint64_t b = e / s->refs_per_block; b <= last; b++) {
+			if (!nb[b]) {
+				nb[b] = vd_qcow2_alloc_buf(s->cluster_bytes);
+				if (!nb[b]) {
+					for (uint64_t x = s->reftable_entries; x < entries; x++) {
+						free(nb[x]);
+					}
+					free(nt);
+					free(nb);
+					free(nd);
+					return -ENOMEM;
+				}
+				nt[b] = (e + T + j++) * s->cluster_bytes;
+				nd[b] = true;
+			}
+		}
+	}
+	free(s->reftable);
+	free(s->refblocks);
+	free(s->refblock_dirty);
+	s->reftable = nt;
+	s->refblocks = nb;
+	s->refblock_dirty = nd;
+	s->reftable_entries = entries;
+	for (uint64_t c = e; c < e + T + K; c++) {
+		refcount_set(s, c, 1);
+	}
+	s->file_end_bytes = (e + T + K) * s->cluster_bytes;
+	s->reftable_offset = e * s->cluster_bytes;
+	s->reftable_clusters = (uint32_t)T;
+	/* blocks and new table, flush, then the header points at them */
+	ret = write_refblocks(s, true);
+	if (ret == 0) {
+		ret = vd_qcow2_fsync(s);
+	}
+	if (ret == 0) {
+		uint8_t h[12];
+
+		qcow2_put_be64(h, s->reftable_offset);
+		qcow2_put_be32(h + 8, s->reftable_clusters);
+		ret = vd_qcow2_write_header_field(s, 48, h, 12);
+	}
+	if (ret == 0) {
+		ret = vd_qcow2_fsync(s);
+	}
+	if (ret < 0) {
+		vd_qcow2_signal_corruption(img, "cannot switch to a new refcount table: %s",
+					   strerror(-ret));
+		return ret;
+	}
+	return vd_qcow2_free_later(img, old_off, VD_ALIGN_UP(old_len, s->cluster_bytes));
+}
+
+int64_t vd_qcow2_alloc_cluster(struct vd_image *img)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	uint64_t c = VD_MAX(s->free_cursor, 1ull);
+
+	if (!s->refcounts_loaded) {
+		return -EROFS;
+	}
+	for (;; c++) {
+		uint64_t b = c / s->refs_per_block;
+
+		if (c >= (1ull << 56) >> s->cluster_bits) {
+			return -ENOSPC;
+		}
+		if (b >= s->reftable_entries) {
+			int ret = grow_reftable(img, b + 1);
+
+			if (ret < 0) {
+				return ret;
+			}
+			/* the new table and blocks took clusters: rescan from here */
+			c--;
+			continue;
+		}
+		if (!s->refblocks[b]) {
+			s->refblocks[b] = vd_qcow2_alloc_buf(s->cluster_bytes);
+			if (!s->refblocks[b]) {
+				return -ENOMEM;
+			}
+			s->reftable[b] = c * s->cluster_bytes;
+			refcount_set(s, c, 1); /* the block describes itself */
+			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);
+			/* the table entry is written with the blocks (write_refblocks) */
+			s->free_cursor = c + 1;
+			continue;
+		}
+		if (vd_qcow2_refcount_get(s, c) == 0) {
+			refcount_set(s, c, 1);
+			s->free_cursor = c + 1;
+			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);
+			return (int64_t)(c * s->cluster_bytes);
+		}
+	}
+}
+
+int vd_qcow2_free_later(struct vd_image *img, uint64_t offset_bytes, uint64_t len_bytes)
+{
+	struct qcow2_state *s = qcow2_s(img);
+
+	if (!s->refcounts_loaded || len_bytes == 0) {
+		return 0;
+	}
+	if (s->nr_frees == s->max_frees) {
+		uint32_t n = s->max_frees ? s->max_frees * 2 : 64;
+		struct qcow2_free *f;
+
+		if (s->nr_frees >= QCOW2_MAX_PENDING_FREES) {
+			int ret = vd_qcow2_metadata_flush(img);
+
+			if (ret < 0) {
+				return ret; /* the clusters leak: harmless */
+			}
+		}
+		if (s->nr_frees == s->max_frees) {
+			f = realloc(s->frees, n * sizeof(*f));
+			if (!f) {
+				return -ENOMEM;
+			}
+			s->frees = f;
+			s->max_frees = n;
+		}
+	}
+	s->frees[s->nr_frees].offset_bytes = offset_bytes;
+	s->frees[s->nr_frees].len_bytes = len_bytes;
+	s->nr_frees++;
+	return 0;
+}
+
+static void apply_frees(struct vd_image *img)
+{
+	struct qcow2_state *s = qcow2_s(img);
+
+	for (uint32_t i = 0; i < s->nr_frees; i++) {
+		uint64_t first = s->frees[i].offset_bytes >> s->cluster_bits;
+		uint64_t last =
+			(s->frees[i].offset_bytes + s->frees[i].len_bytes - 1) >> s->cluster_bits;
+
+		for (uint64_t c = first; c <= last; c++) {
+			uint64_t r = vd_qcow2_refcount_get(s, c);
+
+			if (r == 0) {
+				vd_log(VD_LOG_WARN, "qcow2: %s: freeing cluster %llu twice",
+				       img->path, (unsigned long long)c);
+				continue;
+			}
+			refcount_set(s, c, r - 1);
+			if (r == 1 && c < s->free_cursor) {
+				s->free_cursor = c;
+			}
+		}
+	}
+	s->nr_frees = 0;
+}
+
+bool vd_qcow2_metadata_dirty(struct qcow2_state *s)
+{
+	return s->refcounts_dirty || s->nr_dirty_slices || s->l1_any_dirty || s->nr_frees;
+}
+
+int vd_qcow2_metadata_flush(struct vd_image *img)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	bool l2 = s->nr_dirty_slices > 0, l1 = s->l1_any_dirty;
+	int ret;
+
+	if (!s->refcounts_loaded) {
+		return 0;
+	}
+	if (img->corrupt) {
+		return -EIO;
+	}
+	if (s->lazy_refcounts && (l1 || l2) && !s->dirty_set) {
+		ret = vd_qcow2_set_incompat(s, QCOW2_INCOMPAT_DIRTY, true);
+		if (ret < 0) {
+			return ret;
+		}
+		s->dirty_set = true;
+	}
+	if (s->refcounts_dirty && !s->lazy_refcounts) {
+		ret = write_refblocks(s, true);
+		if (ret < 0) {
+			return ret;
+		}
+		s->refcounts_dirty = false;
+	}
+	/* data of completed writes and the refcounts before any L2 entry */
+	ret = vd_qcow2_fsync(s);
+	if (ret < 0) {
+		return ret;
+	}
+	if (l2) {
+		ret = vd_qcow2_cache_writeback(s);
+		if (ret == 0) {
+			ret = vd_qcow2_fsync(s);
+		}
+		if (ret < 0) {
+			return ret;
+		}
+	}
+	if (l1) {
+		ret = vd_qcow2_l1_writeback(s);
+		if (ret == 0) {
+			ret = vd_qcow2_fsync(s);
+		}
+		if (ret < 0) {
+			return ret;
+		}
+	}
+	apply_frees(img);
+	return 0;
+}
+
+/* ---- check and repair ---- */
+
+struct chk {
+	struct vd_image *img;
+	struct qcow2_state *s;
+	uint32_t *counts;
+	uint64_t nclusters;
+	struct vd_check_result *res;
+	bool repair;
+	uint8_t *l2buf;
+};
+
+static void problem(struct chk *k, const char *fmt, ...) VD_PRINTF(2, 3);
+static void problem(struct chk *k, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (k->res->first_problem[0]) {
+		return;
+	}
+	va_start(ap, fmt);
+	(void)vsnprintf(k->res->first_problem, sizeof(k->res->first_problem), fmt, ap);
+	va_end(ap);
+}
+
+static int inc(struct chk *k, uint64_t off, uint64_t len)
+{
+	uint64_t first, last;
+
+	if (len == 0) {
+		return 0;
+	}
+	first = off >> k->s->cluster_bits;
+	last = (off + len - 1) >> k->s->cluster_bits;
+	if (last >= k->nclusters || off + len < off) {
+		k->res->corruptions++;
+		problem(k, "reference to 0x%llx beyond the end of the file",
+			(unsigned long long)off);
+		return -1;
+	}
+	for (uint64_t c = first; c <= last; c++) {
+		if (k->counts[c] != UINT32_MAX) {
+			k->counts[c]++;
+		}
+	}
+	return 0;
+}
+
+/* Walk one L1 table (count its L2 tables and their clusters). */
+static int walk_l1(struct chk *k, uint64_t *l1, uint64_t l1_size, bool active, bool *l1_changed)
+{
+	struct qcow2_state *s = k->s;
+
+	for (uint64_t i = 0; i < l1_size; i++) {
+		uint64_t l2_off = l1[i] & QCOW2_OFFSET_MASK;
+		bool l2_changed = false;
+		int ret;
+
+		if (l2_off == 0) {
+			continue;
+		}
+		if (!VD_IS_ALIGNED(l2_off, s->cluster_bytes) ||
+		    l2_off >= k->nclusters * s->cluster_bytes) {
+			k->res->corruptions++;
+			problem(k, "L1 entry %llu: bad L2 table offset 0x%llx",
+				(unsigned long long)i, (unsigned long long)l2_off);
+			if (k->repair && active) {
+				l1[i] = 0;
+				*l1_changed = true;
+				k->res->corruptions_fixed++;
+			}
+			continue;
+		}
+		inc(k, l2_off, s->cluster_bytes);
+		ret = vd_qcow2_pread(s, k->l2buf, s->cluster_bytes, l2_off);
+		if (ret < 0) {
+			return ret;
+		}
+		for (uint64_t e = 0; e < s->l2_entries; e++) {
+			uint8_t *p = k->l2buf + e * s->l2_entry_bytes;
+			uint64_t entry = qcow2_be64(p), bitmap = s->ext_l2 ? qcow2_be64(p + 8) : 0;
+			enum qcow2_kind kind;
+			uint64_t host, clen;
+
+			if (entry == 0) {
+				continue;
+			}
+			if (vd_qcow2_decode(s, entry, bitmap, 0, &kind, &host, &clen) < 0 &&
+			    !(entry & QCOW2_OFLAG_COMPRESSED) &&
+			    !VD_IS_ALIGNED(entry & QCOW2_OFFSET_MASK, s->cluster_bytes)) {
+				k->res->corruptions++;
+				problem(k, "L2 entry 0x%llx: unaligned cluster offset",
+					(unsigned long long)entry);
+				if (k->repair && active) {
+					memset(p, 0, s->l2_entry_bytes);
+					l2_changed = true;
+					k->res->corruptions_fixed++;
+				}
+				continue;
+			}
+			if (entry & QCOW2_OFLAG_COMPRESSED) {
+				unsigned int x = 62 - (s->cluster_bits - 8);
+				uint64_t nsec = (entry >> x) & ((1ull << (62 - x)) - 1);
+
+				host = entry & ((1ull << x) - 1);
+				if (inc(k, host & ~511ull, (nsec + 1) * 512) < 0 && k->repair &&
+				    active) {
+					memset(p, 0, s->l2_entry_bytes);
+					l2_changed = true;
+					k->res->corruptions_fixed++;
+				}
+				continue;
+			}
+			host = entry & QCOW2_OFFSET_MASK;
+			if (host && inc(k, host, s->cluster_bytes) < 0 && k->repair && active) {
+				memset(p, 0, s->l2_entry_bytes);
+				l2_changed = true;
+				k->res->corruptions_fixed++;
+			}
+		}
+		if (l2_changed) {
+			ret = vd_qcow2_pwrite(s, k->l2buf, s->cluster_bytes, l2_off);
+			if (ret < 0) {
+				return ret;
+			}
+		}
+	}
+	return 0;
+}
+
+/* COPIED must be set exactly where the refcount is 1 (active tables). */
+static int check_copied(struct chk *k, bool *l1_changed)
+{
+	struct qcow2_state *s = k->s;
+
+	for (uint64_t i = 0; i < s->l1_size; i++) {
+		uint64_t l2_off = s->l1[i] & QCOW2_OFFSET_MASK;
+		bool l2_changed = false, want;
+		int ret;
+
+		if (l2_off == 0 || !VD_IS_ALIGNED(l2_off, s->cluster_bytes) ||
+		    (l2_off >> s->cluster_bits) >= k->nclusters) {
+			continue;
+		}
+		want = k->counts[l2_off >> s->cluster_bits] == 1;
+		if (want != !!(s->l1[i] & QCOW2_OFLAG_COPIED)) {
+			k->res->corruptions++;
+			problem(k, "OFLAG_COPIED L2 cluster: l1_index=%llu", (unsigned long long)i);
+			if (k->repair) {
+				s->l1[i] = want ? s->l1[i] | QCOW2_OFLAG_COPIED
+						: s->l1[i] & ~QCOW2_OFLAG_COPIED;
+				*l1_changed = true;
+				k->res->corruptions_fixed++;
+			}
+		}
+		ret = vd_qcow2_pread(s, k->l2buf, s->cluster_bytes, l2_off);
+		if (ret < 0) {
+			return ret;
+		}
+		for (uint64_t e = 0; e < s->l2_entries; e++) {
+			uint8_t *p = k->l2buf + e * s->l2_entry_bytes;
+			uint64_t entry = qcow2_be64(p), host = entry & QCOW2_OFFSET_MASK;
+
+			if ((entry & QCOW2_OFLAG_COMPRESSED) || host == 0 ||
+			    !VD_IS_ALIGNED(host, s->cluster_bytes) ||
+			    (host >> s->cluster_bits) >= k->nclusters) {
+				continue;
+			}
+			want = k->counts[host >> s->cluster_bits] == 1;
+			if (want != !!(entry & QCOW2_OFLAG_COPIED)) {
+				k->res->corruptions++;
+				problem(k, "OFLAG_COPIED data cluster: l2_entry=0x%llx",
+					(unsigned long long)entry);
+				if (k->repair) {
+					entry = want ? entry | QCOW2_OFLAG_COPIED
+						     : entry & ~QCOW2_OFLAG_COPIED;
+					qcow2_put_be64(p, entry);
+					l2_changed = true;
+					k->res->corruptions_fixed++;
+				}
+			}
+		}
+		if (l2_changed) {
+			ret = vd_qcow2_pwrite(s, k->l2buf, s->cluster_bytes, l2_off);
+			if (ret < 0) {
+				return ret;
+			}
+		}
+	}
+	return 0;
+}
+
+/* A new refcount table and blocks from counts, at the end of the file. */
+static int rebuild(struct chk *k)
+{
+	struct qcow2_state *s = k->s;
+	uint64_t rpb = s->refs_per_block, per = s->cluster_bytes / 8;
+	uint64_t E = k->nclusters, nb = 1, nt = 1;
+	uint8_t *buf;
+	int ret = 0;
+
+	for (int it = 0; it < 64; it++) {
+		uint64_t nb2 = VD_DIV_ROUND_UP(E + nb + nt, rpb);
+		uint64_t nt2 = VD_DIV_ROUND_UP(nb2, per);
+
+		if (nb2 == nb && nt2 == nt) {
+			break;
+		}
+		nb = VD_MAX(nb, nb2);
+		nt = VD_MAX(nt, nt2);
+	}
+	if (nt * s->cluster_bytes > QCOW2_MAX_REFTABLE_BYTES) {
+		return -EFBIG;
+	}
+	/* the old table and blocks are replaced: not references any more */
+	for (uint64_t c = 0; c < s->reftable_clusters; c++) {
+		uint64_t i = (s->reftable_offset >> s->cluster_bits) + c;
+
+		if (i < E && k->counts[i]) {
+			k->counts[i]--;
+		}
+	}
+	for (uint64_t b = 0; b < s->reftable_entries; b++) {
+		uint64_t i = s->reftable[b] >> s->cluster_bits;
+
+		if (s->reftable[b] && i < E && k->counts[i]) {
+			k->counts[i]--;
+		}
+	}
+	buf = vd_qcow2_alloc_buf(s->cluster_bytes);
+	if (!buf) {
+		return -ENOMEM;
+	}
+	for (uint64_t b = 0; b < nb && ret == 0; b++) {
+		memset(buf, 0, s->cluster_bytes);
+		for (uint64_t i = 0; i < rpb; i++) {
+			uint64_t c = b * rpb + i, v;
+
+			if (c < E) {
+				v = VD_MIN((uint64_t)k->counts[c], s->refcount_max);
+			} else {
+				v = c < E + nb + nt ? 1 : 0;
+			}
+			if (v) {
+				rc_encode(buf, s->refcount_order, i, v);
+			}
+		}
+		ret = vd_qcow2_pwrite(s, buf, s->cluster_bytes, (E + b) * s->cluster_bytes);
+	}
+	for (uint64_t t = 0; t < nt && ret == 0; t++) {
+		memset(buf, 0, s->cluster_bytes);
+		for (uint64_t i = 0; i < per; i++) {
+			uint64_t b = t * per + i;
+
+			if (b < nb) {
+				qcow2_put_be64(buf + i * 8, (E + b) * s->cluster_bytes);
+			}
+		}
+		ret = vd_qcow2_pwrite(s, buf, s->cluster_bytes, (E + nb + t) * s->cluster_bytes);
+	}
+	free(buf);
+	if (ret == 0) {
+		ret = vd_qcow2_fsync(s);
+	}
+	if (ret == 0) {
+		uint8_t h[12];
+
+		qcow2_put_be64(h, (E + nb) * s->cluster_bytes);
+		qcow2_put_be32(h + 8, (uint32_t)nt);
+		ret = vd_qcow2_write_header_field(s, 48, h, 12);
+	}
+	if (ret == 0) {
+		ret = vd_qcow2_fsync(s);
+	}
+	if (ret == 0) {
+		s->reftable_offset = (E + nb) * s->cluster_bytes;
+		s->reftable_clusters = (uint32_t)nt;
+	}
+	return ret;
+}
+
+static void cache_drop(struct qcow2_state *s)
+{
+	/* nothing is dirty or loading here: forget every slice */
+	memset(s->hash, 0, ((size_t)s->hash_mask + 1) * sizeof(*s->hash)); /* NOLINT */
+	for (uint32_t i = 0; i < s->nr_slices; i++) {
+		s->slices[i].key = 0;
+		s->slices[i].hnext = NULL;
+	}
+}
+
+int vd_qcow2_check(struct vd_image *img, bool repair, struct vd_check_result *res,
+		   struct vd_err *err)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	bool loaded_here = false, l1_changed = false;
+	uint64_t mismatches = 0;
+	struct chk k = { .img = img, .s = s, .res = res, .repair = repair };
+	int ret;
+
+	memset(res, 0, sizeof(*res));
+	if (repair && img->readonly) {
+		return vd_err_set(err, EROFS, "%s: read-only", img->path);
+	}
+	if (!s->refcounts_loaded) {
+		ret = vd_qcow2_refcounts_load(img, err);
+		if (ret < 0) {
+			return ret;
+		}
+		loaded_here = true;
+	} else if (!img->readonly && !img->corrupt) {
+		ret = vd_qcow2_metadata_flush(img);
+		if (ret < 0) {
+			return vd_err_set(err, -ret, "%s: writing metadata back", img->path);
+		}
+	}
+	k.nclusters = VD_DIV_ROUND_UP(file_size(s), s->cluster_bytes);
+	k.nclusters = VD_MAX(k.nclusters, s->file_end_bytes / s->cluster_bytes);
+	if (k.nclusters > CHECK_MAX_CLUSTERS) {
+		ret = vd_err_set(err, EFBIG, "%s: too many clusters to check (%llu)", img->path,
+				 (unsigned long long)k.nclusters);
+		goto out;
+	}
+	k.counts = calloc(k.nclusters ? k.nclusters : 1, sizeof(*k.counts));
+	k.l2buf = vd_qcow2_alloc_buf(s->cluster_bytes);
+	if (!k.counts || !k.l2buf) {
+		ret = vd_err_set(err, ENOMEM, "out of memory");
+		goto out;
+	}
+	inc(&k, 0, s->cluster_bytes);
+	inc(&k, s->l1_offset, (uint64_t)s->l1_size * 8);
+	ret = walk_l1(&k, s->l1, s->l1_size, true, &l1_changed);
+	if (ret < 0) {
+		vd_err_set(err, -ret, "%s: reading L2 tables", img->path);
+		goto out;
+	}
+	if (s->nb_snapshots) {
+		uint64_t len = 0;
+
+		for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+			struct qcow2_snapshot *sn = &s->snapshots[i];
+			uint64_t *l1 = calloc(VD_MAX(sn->l1_size, 1u), sizeof(*l1));
+			uint8_t *b = vd_qcow2_alloc_buf((uint64_t)sn->l1_size * 8);
+			bool dummy = false;
+
+			if (!l1 || !b) {
+				free(l1);
+				free(b);
+				ret = vd_err_set(err, ENOMEM, "out of memory");
+				goto out;
+			}
+			ret = sn->l1_size ? vd_qcow2_pread(s, b, (uint64_t)sn->l1_size * 8,
+							   sn->l1_offset)
+					  : 0;
+			for (uint32_t j = 0; ret == 0 && j < sn->l1_size; j++) {
+				l1[j] = qcow2_be64(b + (size_t)j * 8);
+			}
+			if (ret == 0) {
+				inc(&k, sn->l1_offset, (uint64_t)sn->l1_size * 8);
+				ret = walk_l1(&k, l1, sn->l1_size, false, &dummy);
+			}
+			free(l1);
+			free(b);
+			if (ret < 0) {
+				vd_err_set(err, -ret, "%s: reading snapshot %u", img->path, i);
+				goto out;
+			}
+			len += VD_ALIGN_UP(40ull + strlen(sn->id) + strlen(sn->name) + 16, 8ull);
+		}
+		/* the table's exact length: re-read the entry headers */
+		len = 0;
+		for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+			uint8_t h[40];
+
+			ret = vd_qcow2_pread(s, h, 40, s->snapshots_offset + len);
+			if (ret < 0) {
+				vd_err_set(err, -ret, "%s: reading the snapshot table", img->path);
+				goto out;
+			}
+			len += VD_ALIGN_UP(40ull + qcow2_be32(h + 36) + qcow2_be16(h + 12) +
+						   qcow2_be16(h + 14),
+					   8ull);
+		}
+		inc(&k, s->snapshots_offset, len);
+	}
+	inc(&k, s->reftable_offset, (uint64_t)s->reftable_clusters * s->cluster_bytes);
+	for (uint64_t i = 0; i < s->reftable_entries; i++) {
+		if (s->reftable[i]) {
+			inc(&k, s->reftable[i], s->cluster_bytes);
+		}
+	}
+	ret = check_copied(&k, &l1_changed);
+	if (ret < 0) {
+		vd_err_set(err, -ret, "%s: reading L2 tables", img->path);
+		goto out;
+	}
+	for (uint64_t c = 0; c < k.nclusters; c++) {
+		uint64_t r = vd_qcow2_refcount_get(s, c), n = k.counts[c];
+
+		if (n) {
+			res->allocated_units++;
+		}
+		if (r == n) {
+			continue;
+		}
+		mismatches++;
+		if (r > n) {
+			res->leaks++;
+			if (!res->first_problem[0]) {
+				problem(&k, "leaked cluster %llu refcount=%llu reference=%llu",
+					(unsigned long long)c, (unsigned long long)r,
+					(unsigned long long)n);
+			}
+		} else {
+			res->corruptions++;
+			problem(&k, "cluster %llu refcount=%llu reference=%llu",
+				(unsigned long long)c, (unsigned long long)r,
+				(unsigned long long)n);
+		}
+	}
+	/* clusters past the end with a refcount (never written) are leaks too */
+	for (uint64_t c = k.nclusters; c < s->reftable_entries * s->refs_per_block; c++) {
+		if (s->refblocks[c / s->refs_per_block] == NULL) {
+			c = (c / s->refs_per_block + 1) * s->refs_per_block - 1;
+			continue;
+		}
+		if (vd_qcow2_refcount_get(s, c)) {
+			res->leaks++;
+			mismatches++;
+		}
+	}
+	res->total_units = k.nclusters;
+	ret = 0;
+	if (repair) {
+		if (l1_changed) {
+			for (uint32_t i = 0; i < s->l1_size; i++) {
+				s->l1_dirty[i] = true;
+			}
+			s->l1_any_dirty = true;
+			ret = vd_qcow2_l1_writeback(s);
+			if (ret == 0) {
+				ret = vd_qcow2_fsync(s);
+			}
+		}
+		if (ret == 0 && mismatches) {
+			ret = rebuild(&k);
+			if (ret == 0) {
+				uint64_t refcount_errors =
+					res->corruptions - res->corruptions_fixed;
+
+				res->leaks_fixed = res->leaks;
+				res->corruptions_fixed += refcount_errors;
+			}
+		}
+		cache_drop(s);
+		if (ret == 0) {
+			vd_qcow2_refcounts_free(s);
+			ret = vd_qcow2_refcounts_load(img, err);
+			if (ret < 0) {
+				goto out;
+			}
+			loaded_here = false;
+		}
+		if (ret < 0) {
+			vd_err_set(err, -ret, "%s: repairing", img->path);
+		} else if (img->corrupt && res->corruptions == res->corruptions_fixed) {
+			img->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
+			s->warned_corrupt = img->corrupt;
+		}
+	}
+out:
+	free(k.counts);
+	free(k.l2buf);
+	if (loaded_here) {
+		vd_qcow2_refcounts_free(s);
+	}
+	return ret;
+}
