@@ -281,6 +281,10 @@ static int cmd_create(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "format", required_argument, NULL, 'f' },
+		{ "options", required_argument, NULL, 'o' },
+		{ "parent", required_argument, NULL, 'b' },  /* vhd: differencing child */
+		{ "backing", required_argument, NULL, 'b' }, /* qcow2: overlay */
+		{ "backing-format", required_argument, NULL, 'F' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
