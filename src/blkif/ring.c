@@ -21,7 +21,7 @@
  * need to stop the compiler; mb must order a store before a later load
  * (mfence or a locked instruction): a seq_cst fence gives that.
  */
-#define ring_mb() vd_smp_mb()
+#define ring_mb()                vd_smp_mb()
 /*
  * The indices shared with the guest are C11 atomics: acquire when reading
  * the guest's producer index (the slots it published are read after it),
@@ -29,8 +29,8 @@
  * what lets ThreadSanitizer check the queue tests, whose frontend is a
  * thread of the same process.
  */
-#define ring_load_acquire(x)   __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
-#define ring_load_relaxed(x)   __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define ring_load_acquire(x)     __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define ring_load_relaxed(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define ring_store_release(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 
 /* The shared header (req_prod .. rsp_event) is laid out alike in every ABI. */

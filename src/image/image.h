@@ -76,8 +76,8 @@ struct vd_image_info {
 	const char *subformat;    /* vhd: "fixed"/"dynamic"/"differencing"; qcow2: "v2"/"v3" */
 	const char *backing_file; /* as recorded in the image (owned by the image) */
 	const char *backing_format;
-	bool dirty;               /* opened after an unclean shutdown (qcow2 lazy refcounts) */
-	bool corrupt;             /* metadata found bad: refused for writing */
+	bool dirty;   /* opened after an unclean shutdown (qcow2 lazy refcounts) */
+	bool corrupt; /* metadata found bad: refused for writing */
 };
 
 int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_image **out,
@@ -109,8 +109,8 @@ struct vd_image_create_opts {
 	const char *preallocation;  /* "off" (default), "metadata", "falloc", "full" */
 	unsigned int flags;         /* VD_IMAGE_CREATE_* */
 };
-int vd_image_create_opts(const char *path, const char *format,
-			 const struct vd_image_create_opts *o, struct vd_err *err);
+int vd_image_create_opts(const char *path, const char *format, const struct vd_image_create_opts *o,
+			 struct vd_err *err);
 
 /*
  * Allocation of the virtual range starting at offset_bytes, for `vdisk map`,
@@ -137,13 +137,13 @@ int vd_image_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t 
 
 /* Consistency check (and repair) of an image's metadata. */
 struct vd_check_result {
-	uint64_t corruptions;        /* found */
-	uint64_t leaks;              /* clusters/blocks allocated but unused */
+	uint64_t corruptions; /* found */
+	uint64_t leaks;       /* clusters/blocks allocated but unused */
 	uint64_t corruptions_fixed;
 	uint64_t leaks_fixed;
-	uint64_t allocated_units;    /* clusters or blocks in use */
+	uint64_t allocated_units; /* clusters or blocks in use */
 	uint64_t total_units;
-	char first_problem[256];     /* human-readable, "" if none */
+	char first_problem[256]; /* human-readable, "" if none */
 };
 /* -EOPNOTSUPP for formats without metadata (raw: always clean). */
 int vd_image_check(struct vd_image *img, bool repair, struct vd_check_result *res,
@@ -164,8 +164,8 @@ struct vd_image *vd_image_backing(struct vd_image *img);
 struct vd_image_sync;
 int vd_image_sync_open(struct vd_image *img, struct vd_image_sync **out, struct vd_err *err);
 void vd_image_sync_close(struct vd_image_sync *s);
-int64_t vd_image_sync_io(struct vd_image_sync *s, enum vd_io_op op, void *buf,
-			 uint64_t len_bytes, uint64_t offset_bytes);
+int64_t vd_image_sync_io(struct vd_image_sync *s, enum vd_io_op op, void *buf, uint64_t len_bytes,
+			 uint64_t offset_bytes);
 
 /* On the queue thread that will use it; ioctx is that thread's reactor. */
 int vd_image_queue_create(struct vd_image *img, struct vd_ioctx *ioctx,
