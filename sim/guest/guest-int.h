@@ -43,12 +43,12 @@
 #include "common/err.h"
 #include "transport/sim/hvc.h"
 
-#define VD_SG_MAX_QUEUES     16
-#define VD_SG_MAX_RING_ORDER 4
-#define VD_SG_MAX_RING_PAGES (1u << VD_SG_MAX_RING_ORDER)
-#define VD_SG_MAX_SEGS       (BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * VD_SG_SEGS_PER_PAGE)
-#define VD_SG_SEGS_PER_PAGE  ((unsigned int)(VD_PAGE_SIZE / sizeof(struct blkif_request_segment)))
-#define VD_SG_MAX_IODEPTH    1024
+#define VD_SG_MAX_QUEUES        16
+#define VD_SG_MAX_RING_ORDER    4
+#define VD_SG_MAX_RING_PAGES    (1u << VD_SG_MAX_RING_ORDER)
+#define VD_SG_MAX_SEGS          (BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * VD_SG_SEGS_PER_PAGE)
+#define VD_SG_SEGS_PER_PAGE     ((unsigned int)(VD_PAGE_SIZE / sizeof(struct blkif_request_segment)))
+#define VD_SG_MAX_IODEPTH       1024
 #define VD_SG_NR_RESERVED_GREFS 8 /* as Linux GNTTAB_NR_RESERVED_ENTRIES */
 
 /* ---------------- gmem.c ---------------- */
@@ -59,16 +59,16 @@ struct vd_gmem {
 	uint64_t nr_pages;
 	struct grant_entry_v1 *gnttab;
 	uint32_t nr_grefs;
-	uint64_t *page_used;     /* bitmap, 1 = allocated */
-	uint32_t *gref_fifo;     /* free refs; released refs go to the tail */
+	uint64_t *page_used; /* bitmap, 1 = allocated */
+	uint32_t *gref_fifo; /* free refs; released refs go to the tail */
 	uint32_t fifo_head;
 	uint32_t fifo_count;
 	uint32_t fifo_cap;
-	uint64_t leaked_grefs;   /* refs the backend still used when ended */
+	uint64_t leaked_grefs; /* refs the backend still used when ended */
 };
 
-int vd_gmem_init(struct vd_gmem *m, void *mem, uint64_t nr_pages,
-		 struct grant_entry_v1 *gnttab, uint32_t nr_grefs);
+int vd_gmem_init(struct vd_gmem *m, void *mem, uint64_t nr_pages, struct grant_entry_v1 *gnttab,
+		 uint32_t nr_grefs);
 void vd_gmem_fini(struct vd_gmem *m);
 /* n contiguous pages, first fit; -ENOMEM. */
 int vd_gmem_alloc_pages(struct vd_gmem *m, uint64_t n, uint64_t *first);
@@ -82,8 +82,7 @@ void vd_gmem_gref_put(struct vd_gmem *m, uint32_t ref);
 void vd_gmem_grant_set(struct vd_gmem *m, uint32_t ref, uint16_t domid, uint64_t page,
 		       bool readonly);
 /* gref_get + grant_set. */
-int vd_gmem_grant(struct vd_gmem *m, uint16_t domid, uint64_t page, bool readonly,
-		  uint32_t *ref);
+int vd_gmem_grant(struct vd_gmem *m, uint16_t domid, uint64_t page, bool readonly, uint32_t *ref);
 /*
  * End foreign access (Linux gnttab_end_foreign_access_ref): clear flags
  * unless the peer is reading/writing it. On success the ref is freed; if
@@ -96,8 +95,8 @@ int vd_gmem_ungrant(struct vd_gmem *m, uint32_t ref);
 enum vd_sg_rw { VD_RW_RANDRW, VD_RW_RANDREAD, VD_RW_RANDWRITE, VD_RW_READ, VD_RW_WRITE };
 
 struct vd_sg_opts {
-	const char *dir;          /* NULL: vd_hvc_sim_dir() */
-	unsigned int domid;       /* 0: the hypervisor picks */
+	const char *dir;    /* NULL: vd_hvc_sim_dir() */
+	unsigned int domid; /* 0: the hypervisor picks */
 	unsigned int vdev;
 	unsigned int wait_s;
 	unsigned int queues;
@@ -105,7 +104,7 @@ struct vd_sg_opts {
 	bool no_indirect;
 	unsigned int max_indirect; /* 0: what the backend offers */
 	enum vd_sg_rw rw;
-	unsigned int rwmix;        /* percent reads for randrw */
+	unsigned int rwmix; /* percent reads for randrw */
 	uint64_t bs;
 	unsigned int iodepth;
 	uint64_t runtime_s;
@@ -116,6 +115,7 @@ struct vd_sg_opts {
 	bool seed_set;
 	bool json;
 	bool verify_initial;
+	bool no_verify; /* benchmarks: no model, writes carry no pattern */
 	bool help;
 	const char *hostile;
 };
@@ -150,12 +150,12 @@ uint64_t vd_hist_percentile(const struct vd_hist *h, double pct);
 
 /* ---------------- verify.c ---------------- */
 
-#define VD_GEN_NEVER     0u          /* never written: zero (or initial content) */
-#define VD_GEN_DISCARDED 1u          /* discarded: zero */
-#define VD_GEN_FIRST     2u
-#define VD_GEN_UNKNOWN   UINT32_MAX  /* a failed write: anything goes */
-#define VD_MODEL_MAX_UNITS (64u << 20)  /* 256 MiB of model at most */
-#define VD_SECTOR_MAGIC  0x7664736b73696d31ull /* "vdsksim1" */
+#define VD_GEN_NEVER       0u /* never written: zero (or initial content) */
+#define VD_GEN_DISCARDED   1u /* discarded: zero */
+#define VD_GEN_FIRST       2u
+#define VD_GEN_UNKNOWN     UINT32_MAX            /* a failed write: anything goes */
+#define VD_MODEL_MAX_UNITS (64u << 20)           /* 256 MiB of model at most */
+#define VD_SECTOR_MAGIC    0x7664736b73696d31ull /* "vdsksim1" */
 
 struct vd_sector_hdr {
 	uint64_t magic;
@@ -167,27 +167,26 @@ struct vd_sector_hdr {
 
 struct vd_model {
 	uint64_t size_bytes;
-	uint32_t unit_bytes;      /* 512 or 4096 */
+	uint32_t unit_bytes; /* 512 or 4096 */
 	uint64_t nr_units;
 	uint32_t *gen;
 	uint64_t seed;
 	bool verify_initial;
-	uint64_t reported;        /* mismatches logged so far */
+	uint64_t reported; /* mismatches logged so far */
 };
 
-int vd_model_create(uint64_t size_bytes, uint32_t unit_bytes, uint64_t seed,
-		    bool verify_initial, struct vd_model **out);
+int vd_model_create(uint64_t size_bytes, uint32_t unit_bytes, uint64_t seed, bool verify_initial,
+		    struct vd_model **out);
 void vd_model_destroy(struct vd_model *m);
 void vd_model_set(struct vd_model *m, uint64_t off_bytes, uint64_t len_bytes, uint32_t gen);
 uint32_t vd_model_get(const struct vd_model *m, uint64_t off_bytes);
 /* One 512-byte sector's expected content for gen (gen >= VD_GEN_FIRST). */
 void vd_sector_fill(void *buf, uint64_t off_bytes, uint32_t gen, uint64_t seed);
 /* Fill len_bytes of buf for a write of gen at off_bytes. */
-void vd_model_fill(const struct vd_model *m, void *buf, uint64_t off_bytes,
-		   uint64_t len_bytes, uint32_t gen);
+void vd_model_fill(const struct vd_model *m, void *buf, uint64_t off_bytes, uint64_t len_bytes,
+		   uint32_t gen);
 /* True if the sector at off_bytes holds what gen says. */
-bool vd_sector_matches(const struct vd_model *m, const void *buf, uint64_t off_bytes,
-		       uint32_t gen);
+bool vd_sector_matches(const struct vd_model *m, const void *buf, uint64_t off_bytes, uint32_t gen);
 /* Check a read; returns the number of bad sectors (logs the first few). */
 uint64_t vd_model_verify(struct vd_model *m, const void *buf, uint64_t off_bytes,
 			 uint64_t len_bytes);
@@ -195,7 +194,7 @@ uint64_t vd_model_verify(struct vd_model *m, const void *buf, uint64_t off_bytes
 /* ---------------- xenbus-front.c ---------------- */
 
 struct vd_be_features {
-	uint64_t sectors;             /* 512-byte units */
+	uint64_t sectors; /* 512-byte units */
 	uint32_t sector_size;
 	uint32_t info;
 	bool readonly;
@@ -204,7 +203,7 @@ struct vd_be_features {
 	bool discard;
 	uint32_t discard_granularity;
 	uint32_t discard_alignment;
-	uint32_t max_indirect;        /* 0: none */
+	uint32_t max_indirect; /* 0: none */
 	uint32_t max_queues;
 	uint32_t max_ring_order;
 };
@@ -230,9 +229,9 @@ struct vd_front {
 	struct vd_be_features feat;
 	unsigned int nr_queues;
 	unsigned int ring_order;
-	unsigned int iodepth;          /* slots per queue */
-	unsigned int io_pages;         /* data pages per slot */
-	unsigned int max_segs;         /* per request, 11 or the indirect maximum */
+	unsigned int iodepth;  /* slots per queue */
+	unsigned int io_pages; /* data pages per slot */
+	unsigned int max_segs; /* per request, 11 or the indirect maximum */
 	struct vd_fq *q[VD_SG_MAX_QUEUES];
 	vd_publish_tweak_fn tweak;
 	void *tweak_arg;
@@ -265,21 +264,21 @@ void vd_front_free_queues(struct vd_front *f);
 
 /* One request as the engine sees it. */
 struct vd_gio {
-	uint8_t op;               /* BLKIF_OP_READ/WRITE/FLUSH_DISKCACHE/WRITE_BARRIER/DISCARD */
+	uint8_t op; /* BLKIF_OP_READ/WRITE/FLUSH_DISKCACHE/WRITE_BARRIER/DISCARD */
 	uint64_t off_bytes;
-	uint64_t len_bytes;       /* 0 for flush */
-	uint32_t gen;             /* write/discard: the model generation */
+	uint64_t len_bytes; /* 0 for flush */
+	uint32_t gen;       /* write/discard: the model generation */
 	uint64_t submit_ns;
 	int16_t status;
-	int lock_idx;             /* workload range lock, -1 for none */
+	int lock_idx; /* workload range lock, -1 for none */
 };
 
 struct vd_slot {
 	bool busy;
 	struct vd_gio io;
-	uint8_t *buf;             /* io_pages contiguous pages */
+	uint8_t *buf; /* io_pages contiguous pages */
 	uint64_t buf_page;
-	uint64_t ind_page;        /* indirect pages */
+	uint64_t ind_page; /* indirect pages */
 	unsigned int nr_ind_pages;
 	uint32_t grefs[VD_SG_MAX_SEGS];
 	unsigned int nr_grefs;
@@ -301,8 +300,8 @@ struct vd_fq {
 	unsigned int nr_slots;
 	unsigned int *free_slot;
 	unsigned int nr_free;
-	uint64_t unknown_ids;     /* responses we did not expect */
-	bool halted;              /* the backend broke the ring protocol */
+	uint64_t unknown_ids; /* responses we did not expect */
+	bool halted;          /* the backend broke the ring protocol */
 };
 
 int vd_fq_create(struct vd_front *f, unsigned int idx, struct vd_fq **out);
@@ -343,14 +342,14 @@ struct vd_wl_stats {
 struct vd_wl_result {
 	struct vd_wl_stats st;
 	uint64_t elapsed_ns;
-	bool unplugged;                /* the backend started closing: stopped early */
+	bool unplugged; /* the backend started closing: stopped early */
 };
 
 struct vd_wl_params {
 	enum vd_sg_rw rw;
 	unsigned int rwmix;
 	uint64_t bs;
-	uint64_t ios;             /* read/write I/Os to issue; 0: runtime */
+	uint64_t ios; /* read/write I/Os to issue; 0: runtime */
 	uint64_t runtime_ns;
 	uint64_t flush_every;
 	uint64_t discard_every;

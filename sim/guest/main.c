@@ -30,15 +30,16 @@ static int setup_domain(struct vd_front *f, struct vd_err *err)
 	int rc;
 
 	if (grefs > UINT32_MAX || pages > (16ull << 30) / VD_PAGE_SIZE) {
-		return vd_err_set(err, E2BIG, "the workload needs too much guest memory; "
+		return vd_err_set(err, E2BIG,
+				  "the workload needs too much guest memory; "
 				  "reduce --queues, --iodepth or --bs");
 	}
 	rc = vd_hvc_connect(o->dir, &f->hvc, err);
 	if (rc < 0) {
 		return rc;
 	}
-	rc = vd_hvc_domain_create(f->hvc, (uint16_t)o->domid, pages * VD_PAGE_SIZE,
-				  (uint32_t)grefs, &f->dom, err);
+	rc = vd_hvc_domain_create(f->hvc, (uint16_t)o->domid, pages * VD_PAGE_SIZE, (uint32_t)grefs,
+				  &f->dom, err);
 	if (rc < 0) {
 		return rc;
 	}
@@ -100,11 +101,12 @@ static int run_workload(struct vd_front *f)
 	int rc;
 
 	vd_wl_params_from_opts(&p, o);
-	rc = vd_model_create(size, vd_wl_model_unit(p.bs, f->feat.sector_size, size), p.seed,
-			     o->verify_initial, &model);
+	rc = o->no_verify ? 0
+			  : vd_model_create(size, vd_wl_model_unit(p.bs, f->feat.sector_size, size),
+					    p.seed, o->verify_initial, &model);
 	if (rc < 0) {
-		vd_log(VD_LOG_WARN, "no verification model for a %" PRIu64 "-byte disk (%s)",
-		       size, strerror(-rc));
+		vd_log(VD_LOG_WARN, "no verification model for a %" PRIu64 "-byte disk (%s)", size,
+		       strerror(-rc));
 	}
 	if (f->feat.readonly && p.rw != VD_RW_RANDREAD && p.rw != VD_RW_READ) {
 		vd_log(VD_LOG_NOTICE, "the VBD is read-only: reads only");
@@ -112,8 +114,8 @@ static int run_workload(struct vd_front *f)
 	if (!o->json) {
 		printf("simguest d%u vbd %u: %" PRIu64 " sectors, %u queue(s), ring order %u, "
 		       "iodepth %u, bs %" PRIu64 ", %s, seed %" PRIu64 "\n",
-		       f->domid, o->vdev, f->feat.sectors, f->nr_queues, f->ring_order,
-		       f->iodepth, p.bs, vd_sg_rw_name(p.rw), p.seed);
+		       f->domid, o->vdev, f->feat.sectors, f->nr_queues, f->ring_order, f->iodepth,
+		       p.bs, vd_sg_rw_name(p.rw), p.seed);
 	}
 	rc = vd_wl_run(f, model, &p, &res);
 	vd_model_destroy(model);
@@ -124,7 +126,7 @@ static int run_workload(struct vd_front *f)
 	vd_wl_print(&res, &p, o->json);
 	fflush(stdout);
 	return res.st.verify_errors == 0 && res.st.io_errors == 0 && res.st.unknown_ids == 0 ? 0
-											    : 1;
+											     : 1;
 }
 
 static int parse_args(struct vd_sg_opts *o, int argc, char **argv)

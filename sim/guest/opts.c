@@ -26,6 +26,7 @@ enum {
 	OPT_SEED,
 	OPT_JSON,
 	OPT_NO_VERIFY_INITIAL,
+	OPT_NO_VERIFY,
 	OPT_HOSTILE,
 	OPT_HELP,
 };
@@ -50,6 +51,7 @@ static const struct option g_longopts[] = {
 	{ "seed", required_argument, NULL, OPT_SEED },
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "no-verify-initial", no_argument, NULL, OPT_NO_VERIFY_INITIAL },
+	{ "no-verify", no_argument, NULL, OPT_NO_VERIFY },
 	{ "hostile", required_argument, NULL, OPT_HOSTILE },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
@@ -73,6 +75,7 @@ void vd_sg_usage(FILE *f)
 		"  [--rw randrw|randread|randwrite|read|write] [--rwmix PCT_READS] [--bs BYTES]\n"
 		"  [--iodepth N] [--runtime SECONDS | --ios COUNT] [--flush-every N]\n"
 		"  [--discard-every N] [--seed S] [--json] [--no-verify-initial]\n"
+		"  [--no-verify]  (benchmarks: no data pattern, no read checks)\n"
 		"  [--hostile CASE|list]\n");
 }
 
@@ -215,20 +218,48 @@ static int parse_number_opt(struct vd_sg_opts *o, int c, const char *arg, struct
 				  (unsigned long long)min, (unsigned long long)max);
 	}
 	switch (c) {
-	case OPT_DOMID: o->domid = (unsigned int)v; break;
-	case OPT_VDEV: o->vdev = (unsigned int)v; break;
-	case OPT_WAIT: o->wait_s = (unsigned int)v; break;
-	case OPT_QUEUES: o->queues = (unsigned int)v; break;
-	case OPT_RING_ORDER: o->ring_order = (unsigned int)v; break;
-	case OPT_MAX_INDIRECT: o->max_indirect = (unsigned int)v; break;
-	case OPT_RWMIX: o->rwmix = (unsigned int)v; break;
-	case OPT_IODEPTH: o->iodepth = (unsigned int)v; break;
-	case OPT_RUNTIME: o->runtime_s = v; break;
-	case OPT_IOS: o->ios = v; break;
-	case OPT_FLUSH_EVERY: o->flush_every = v; break;
-	case OPT_DISCARD_EVERY: o->discard_every = v; break;
-	case OPT_SEED: o->seed = v; o->seed_set = true; break;
-	default: return vd_err_set(err, EINVAL, "internal: option %d", c);
+	case OPT_DOMID:
+		o->domid = (unsigned int)v;
+		break;
+	case OPT_VDEV:
+		o->vdev = (unsigned int)v;
+		break;
+	case OPT_WAIT:
+		o->wait_s = (unsigned int)v;
+		break;
+	case OPT_QUEUES:
+		o->queues = (unsigned int)v;
+		break;
+	case OPT_RING_ORDER:
+		o->ring_order = (unsigned int)v;
+		break;
+	case OPT_MAX_INDIRECT:
+		o->max_indirect = (unsigned int)v;
+		break;
+	case OPT_RWMIX:
+		o->rwmix = (unsigned int)v;
+		break;
+	case OPT_IODEPTH:
+		o->iodepth = (unsigned int)v;
+		break;
+	case OPT_RUNTIME:
+		o->runtime_s = v;
+		break;
+	case OPT_IOS:
+		o->ios = v;
+		break;
+	case OPT_FLUSH_EVERY:
+		o->flush_every = v;
+		break;
+	case OPT_DISCARD_EVERY:
+		o->discard_every = v;
+		break;
+	case OPT_SEED:
+		o->seed = v;
+		o->seed_set = true;
+		break;
+	default:
+		return vd_err_set(err, EINVAL, "internal: option %d", c);
 	}
 	return 0;
 }
@@ -250,8 +281,10 @@ static int parse_one(struct vd_sg_opts *o, int c, const char *arg, struct vd_err
 	case OPT_BS:
 		if (vd_sg_parse_size(arg, &o->bs) < 0 || o->bs == 0 || o->bs % 512 != 0 ||
 		    o->bs > (uint64_t)VD_SG_MAX_SEGS * VD_PAGE_SIZE) {
-			return vd_err_set(err, EINVAL, "--bs: '%s' is not a multiple of 512 "
-					  "between 512 and %u", arg, VD_SG_MAX_SEGS * VD_PAGE_SIZE);
+			return vd_err_set(err, EINVAL,
+					  "--bs: '%s' is not a multiple of 512 "
+					  "between 512 and %u",
+					  arg, VD_SG_MAX_SEGS * VD_PAGE_SIZE);
 		}
 		return 0;
 	case OPT_JSON:
@@ -259,6 +292,9 @@ static int parse_one(struct vd_sg_opts *o, int c, const char *arg, struct vd_err
 		return 0;
 	case OPT_NO_VERIFY_INITIAL:
 		o->verify_initial = false;
+		return 0;
+	case OPT_NO_VERIFY:
+		o->no_verify = true;
 		return 0;
 	case OPT_HOSTILE:
 		o->hostile = arg;

@@ -14,8 +14,8 @@
 #include "common/log.h"
 #include "sim/guest/guest-int.h"
 
-#define STALL_NS    (30ull * 1000000000ull)
-#define PICK_TRIES  4
+#define STALL_NS   (30ull * 1000000000ull)
+#define PICK_TRIES 4
 
 enum pick { PICK_OK, PICK_BUSY, PICK_STOP };
 
@@ -30,9 +30,10 @@ struct wl_shared {
 	struct vd_model *model;
 	const struct vd_wl_params *p;
 	uint64_t size_bytes;
-	uint32_t align_bytes;        /* offsets of reads/writes */
-	uint32_t discard_align;      /* offsets and lengths of discards */
-	uint8_t flush_op;            /* 0: no flush available */
+	uint32_t align_bytes;   /* offsets of reads/writes */
+	uint32_t discard_align; /* offsets and lengths of discards */
+	uint8_t flush_op;       /* 0: no flush available */
+	bool no_verify;         /* benchmark: writes carry no pattern */
 	bool discard_ok;
 	bool readonly;
 	uint64_t rw_issued;
@@ -42,7 +43,7 @@ struct wl_shared {
 	uint64_t seq_off;
 	uint32_t next_gen;
 	bool stop;
-	unsigned int running;        /* queue threads still going (atomic) */
+	unsigned int running; /* queue threads still going (atomic) */
 	struct range_lock *locks;
 	unsigned int nr_locks;
 };
@@ -303,9 +304,10 @@ static void io_done(void *arg, struct vd_fq *q, struct vd_slot *s)
 	count_op(&wq->st, io);
 	if (io->status != BLKIF_RSP_OKAY) {
 		wq->st.io_errors++;
-		vd_log_ratelimited(VD_LOG_ERR, "q%u: op %u at 0x%" PRIx64 " len %" PRIu64
-				   " failed with status %d", q->idx, io->op, io->off_bytes,
-				   io->len_bytes, io->status);
+		vd_log_ratelimited(VD_LOG_ERR,
+				   "q%u: op %u at 0x%" PRIx64 " len %" PRIu64
+				   " failed with status %d",
+				   q->idx, io->op, io->off_bytes, io->len_bytes, io->status);
 	}
 	update_model(wq, s);
 	range_unlock(wq->sh, io->lock_idx);
@@ -344,7 +346,7 @@ static bool issue(struct wl_queue *wq)
 			vd_fq_slot_put(wq->q, s);
 			return r == PICK_STOP;
 		}
-		if (s->io.op == BLKIF_OP_WRITE) {
+		if (s->io.op == BLKIF_OP_WRITE && !wq->sh->no_verify) {
 			fill_write(wq, s);
 		}
 		rc = vd_fq_submit(wq->q, s);
@@ -412,8 +414,8 @@ static bool watch_backend(struct wl_shared *sh, struct vd_front *f)
 		int state = XenbusStateConnected;
 		int rc = vd_front_read_state(f, f->be_path, &state);
 
-		if (!unplugged && (rc == -ENOENT || state == XenbusStateClosing ||
-				   state == XenbusStateClosed)) {
+		if (!unplugged &&
+		    (rc == -ENOENT || state == XenbusStateClosing || state == XenbusStateClosed)) {
 			unplugged = true;
 			pthread_mutex_lock(&sh->lock);
 			sh->stop = true;
@@ -452,10 +454,11 @@ static void shared_init(struct wl_shared *sh, struct vd_front *f, struct vd_mode
 	sh->f = f;
 	sh->model = model;
 	sh->p = p;
+	sh->no_verify = f->opts->no_verify;
 	sh->size_bytes = f->feat.sectors * VD_SECTOR_SIZE;
-	sh->align_bytes = model != NULL ? model->unit_bytes
-					: vd_wl_model_unit(p->bs, f->feat.sector_size,
-							   sh->size_bytes);
+	sh->align_bytes = model != NULL
+				  ? model->unit_bytes
+				  : vd_wl_model_unit(p->bs, f->feat.sector_size, sh->size_bytes);
 	sh->align_bytes = VD_MAX(sh->align_bytes, f->feat.sector_size);
 	sh->discard_align = VD_MAX(sh->align_bytes, f->feat.discard_granularity);
 	sh->readonly = f->feat.readonly;
@@ -551,15 +554,15 @@ void vd_wl_print(const struct vd_wl_result *r, const struct vd_wl_params *p, boo
 
 	if (json) {
 		printf("{\"ops\": %" PRIu64 ", \"reads\": %" PRIu64 ", \"writes\": %" PRIu64
-		       ", \"flushes\": %" PRIu64 ", \"discards\": %" PRIu64
-		       ", \"bytes\": %" PRIu64 ", \"seconds\": %.3f, \"iops\": %" PRIu64
+		       ", \"flushes\": %" PRIu64 ", \"discards\": %" PRIu64 ", \"bytes\": %" PRIu64
+		       ", \"seconds\": %.3f, \"iops\": %" PRIu64
 		       ", \"mbps\": %.2f, \"lat_p50_us\": %" PRIu64 ", \"lat_p99_us\": %" PRIu64
 		       ", \"verification_errors\": %" PRIu64 ", \"io_errors\": %" PRIu64
 		       ", \"unknown_ids\": %" PRIu64 ", \"seed\": %" PRIu64 ", \"bs\": %" PRIu64
 		       ", \"unplugged\": %s}\n",
-		       ops, st->reads, st->writes, st->flushes, st->discards, st->bytes, secs,
-		       iops, mbps, p50, p99, st->verify_errors, io_errors, st->unknown_ids,
-		       p->seed, p->bs, r->unplugged ? "true" : "false");
+		       ops, st->reads, st->writes, st->flushes, st->discards, st->bytes, secs, iops,
+		       mbps, p50, p99, st->verify_errors, io_errors, st->unknown_ids, p->seed,
+		       p->bs, r->unplugged ? "true" : "false");
 		return;
 	}
 	printf("ops: %" PRIu64 " (reads %" PRIu64 ", writes %" PRIu64 ", flushes %" PRIu64

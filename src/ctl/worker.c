@@ -6,7 +6,19 @@
  * VBD in xenstore (blkback's xenbus_dev_fatal).
  *
  * Everything waits in one poll(): xenstore watch fd, halt eventfd,
- * signalfd. No timers, no busy loops.
+ * signalfd, stats socket. No timers, no busy loops.
+ *
+ * Per-VBD tuning read from the backend dir at connect and again whenever it
+ * is written: polling-duration (us, 0 = event mode) and
+ * polling-idle-threshold (%), see vd_queue_set_polling().
+ *
+ * Stats: a UNIX stream socket, $VDISK_RUN_DIR/vbd-DOMID-DEVID.sock
+ * (VDISK_RUN_DIR defaults to /run/vdisk, or $VDISK_SIM_DIR/run with the sim
+ * transport), mode 0600. Every connection gets one reply and is closed;
+ * nothing is read from it. The reply is text: "vdisk-stats 1", "vbd DOMID
+ * DEVID", the worker's "cpu_user_us"/"cpu_sys_us" (getrusage), the polling
+ * settings, "queues N", then each queue's vd_queue_stats_format() lines, and
+ * "end". Nothing is written to xenstore per I/O.
  */
 #define _GNU_SOURCE
 #include "ctl/ctl-int.h"
@@ -18,7 +30,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <xen/io/xenbus.h>
 #include "common/log.h"
@@ -42,6 +58,12 @@ struct worker {
 
 	struct vd_queue *queues[VD_BLKIF_MAX_QUEUES];
 	unsigned int nr_queues; /* created (and started, once connect returns 0) */
+
+	uint32_t poll_us;       /* polling-duration */
+	uint32_t poll_idle_pct; /* polling-idle-threshold */
+	struct rusage ru_connect;
+	int stats_fd; /* listening stats socket, -1 if none */
+	char stats_path[108];
 
 	pthread_mutex_t halt_lock; /* protects the slot below */
 	bool halt_pending;
@@ -67,6 +89,153 @@ static void on_halt(void *arg, unsigned int qidx, int errnum, const char *why)
 	if (write(w->halt_fd, &one, sizeof(one)) < 0) {
 		/* The counter cannot overflow in practice; the slot is set anyway. */
 	}
+}
+
+/* An optional numeric key of the backend dir: def if absent or malformed. */
+static uint32_t read_tunable(struct worker *w, const char *key, uint64_t max, uint32_t def)
+{
+	char *v = vd_ctl_xs_read(w->xs, XBT_NULL, w->o->be_path, key, 32);
+	uint64_t n;
+
+	if (v == NULL) {
+		return def;
+	}
+	if (vd_ctl_parse_u64(v, max, &n) < 0) {
+		vd_log(VD_LOG_WARN, "%s: '%.32s' is not a number <= %llu; using %u", key, v,
+		       (unsigned long long)max, def);
+		free(v);
+		return def;
+	}
+	free(v);
+	return (uint32_t)n;
+}
+
+static void read_polling(struct worker *w)
+{
+	uint32_t us =
+		read_tunable(w, "polling-duration", VD_QUEUE_MAX_POLL_US, VD_QUEUE_DEF_POLL_US);
+	uint32_t pct = read_tunable(w, "polling-idle-threshold", 100, VD_QUEUE_DEF_POLL_IDLE_PCT);
+
+	if (us != w->poll_us || pct != w->poll_idle_pct) {
+		vd_log(VD_LOG_INFO, "polling: %u us while host idle >= %u%%", us, pct);
+	}
+	w->poll_us = us;
+	w->poll_idle_pct = pct;
+	for (unsigned int i = 0; i < w->nr_queues; i++) {
+		vd_queue_set_polling(w->queues[i], us, pct);
+	}
+}
+
+static bool is_polling_key(struct worker *w, const char *path)
+{
+	size_t n = strlen(w->o->be_path);
+
+	return path != NULL && strncmp(path, w->o->be_path, n) == 0 && path[n] == '/' &&
+	       (strcmp(path + n + 1, "polling-duration") == 0 ||
+		strcmp(path + n + 1, "polling-idle-threshold") == 0);
+}
+
+static uint64_t tv_us(const struct timeval *tv)
+{
+	return (uint64_t)tv->tv_sec * 1000000u + (uint64_t)tv->tv_usec;
+}
+
+static void stats_open(struct worker *w)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *dir = getenv("VDISK_RUN_DIR");
+	char simrun[160];
+	int fd;
+
+	w->stats_fd = -1;
+	if (dir == NULL || dir[0] == '\0') {
+		const char *sim = getenv("VDISK_SIM_DIR");
+
+		dir = "/run/vdisk";
+		if (w->o->transport != NULL && strcmp(w->o->transport, "sim") == 0) {
+			snprintf(simrun, sizeof(simrun), "%s/run",
+				 sim != NULL && sim[0] != '\0' ? sim : "/run/vdisk-sim");
+			dir = simrun;
+		}
+	}
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		vd_log(VD_LOG_WARN, "stats socket: cannot create %s: %s", dir, strerror(errno));
+		return;
+	}
+	if ((size_t)snprintf(w->stats_path, sizeof(w->stats_path), "%s/vbd-%u-%u.sock", dir,
+			     w->o->domid, w->o->devid) >= sizeof(w->stats_path)) {
+		vd_log(VD_LOG_WARN, "stats socket: %s is too long a directory name", dir);
+		w->stats_path[0] = '\0';
+		return;
+	}
+	memcpy(sa.sun_path, w->stats_path, strlen(w->stats_path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		return;
+	}
+	/* A previous worker of this VBD may have left its socket behind. */
+	unlink(w->stats_path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(w->stats_path, 0600) < 0 ||
+	    listen(fd, 8) < 0) {
+		vd_log(VD_LOG_WARN, "stats socket %s: %s", w->stats_path, strerror(errno));
+		close(fd);
+		w->stats_path[0] = '\0';
+		return;
+	}
+	w->stats_fd = fd;
+}
+
+static void stats_close(struct worker *w)
+{
+	if (w->stats_fd >= 0) {
+		close(w->stats_fd);
+		unlink(w->stats_path);
+		w->stats_fd = -1;
+	}
+}
+
+/* Answer every pending connection with one stats reply, then close it. */
+static void stats_serve(struct worker *w)
+{
+	enum { REPLY_MAX = 8192 + VD_BLKIF_MAX_QUEUES * 4096 };
+	char *buf = malloc(REPLY_MAX);
+	int c;
+
+	while ((c = accept4(w->stats_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		struct vd_queue_stats st;
+		struct rusage ru;
+		size_t pos = 0;
+		int r;
+
+		if (buf == NULL) {
+			close(c);
+			continue;
+		}
+		getrusage(RUSAGE_SELF, &ru);
+		r = snprintf(buf, REPLY_MAX,
+			     "vdisk-stats 1\nvbd %u %u\ncpu_user_us %llu\ncpu_sys_us %llu\n"
+			     "polling_duration_us %u\npolling_idle_threshold %u\nqueues %u\n",
+			     w->o->domid, w->o->devid, (unsigned long long)tv_us(&ru.ru_utime),
+			     (unsigned long long)tv_us(&ru.ru_stime), w->poll_us, w->poll_idle_pct,
+			     w->nr_queues);
+		pos = r > 0 ? (size_t)r : 0;
+		for (unsigned int i = 0; i < w->nr_queues && pos < REPLY_MAX; i++) {
+			vd_queue_get_stats(w->queues[i], &st);
+			r = vd_queue_stats_format(&st, i, buf + pos, REPLY_MAX - pos);
+			if (r < 0) {
+				break;
+			}
+			pos += (size_t)r;
+		}
+		r = snprintf(buf + pos, REPLY_MAX - pos, "end\n");
+		pos += r > 0 && (size_t)r < REPLY_MAX - pos ? (size_t)r : 0;
+		/* A reader too slow for one small reply gets a truncated one (no "end"). */
+		if (send(c, buf, pos, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+			vd_log_ratelimited(VD_LOG_WARN, "stats reply: %s", strerror(errno));
+		}
+		close(c);
+	}
+	free(buf);
 }
 
 static void stop_queues(struct worker *w)
@@ -96,6 +265,7 @@ static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd
 		return vd_err_set(err, EINVAL, "frontend asks for %u queues (max %u)",
 				  conf->nr_queues, w->caps.max_queues);
 	}
+	read_polling(w);
 	for (unsigned int i = 0; i < conf->nr_queues; i++) {
 		memset(&qc, 0, sizeof(qc));
 		qc.index = i;
@@ -110,6 +280,8 @@ static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd
 		qc.image = w->image;
 		qc.on_halt = on_halt;
 		qc.on_halt_arg = w;
+		qc.poll_us = w->poll_us;
+		qc.poll_idle_pct = w->poll_idle_pct;
 		r = vd_queue_create(&qc, &w->queues[i], err);
 		if (r < 0) {
 			goto fail;
@@ -124,6 +296,7 @@ static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd
 	}
 	vd_log(VD_LOG_INFO, "connected: %u queue(s), ring order %u", conf->nr_queues,
 	       conf->ring_page_order);
+	getrusage(RUSAGE_SELF, &w->ru_connect);
 	return 0;
 fail:
 	vd_log(VD_LOG_ERR, "connect failed: %s", err != NULL ? vd_err_msg(err) : "error");
@@ -136,10 +309,27 @@ static void vbd_disconnect(void *arg)
 {
 	struct worker *w = arg;
 
-	if (w->nr_queues != 0) {
+	struct vd_queue_stats st;
+	struct rusage ru;
+	uint64_t reqs = 0, cpu_us;
+	unsigned int n = w->nr_queues;
+
+	if (n != 0) {
 		vd_log(VD_LOG_INFO, "disconnecting %u queue(s)", w->nr_queues);
 	}
+	for (unsigned int i = 0; i < n; i++) {
+		vd_queue_get_stats(w->queues[i], &st);
+		reqs += st.reqs;
+	}
 	stop_queues(w);
+	if (n != 0 && getrusage(RUSAGE_SELF, &ru) == 0) {
+		/* The queue threads have exited: their CPU time is in RUSAGE_SELF. */
+		cpu_us = tv_us(&ru.ru_utime) + tv_us(&ru.ru_stime) -
+			 tv_us(&w->ru_connect.ru_utime) - tv_us(&w->ru_connect.ru_stime);
+		vd_log(VD_LOG_INFO, "served %llu requests; backend cpu_us=%llu (%.2f us/request)",
+		       (unsigned long long)reqs, (unsigned long long)cpu_us,
+		       reqs ? (double)cpu_us / (double)reqs : 0.0);
+	}
 }
 
 static const struct vd_xenbus_backend_ops g_ops = {
@@ -274,14 +464,15 @@ static int serve(struct worker *w)
 	int xs_fd = xs_fileno(w->xs);
 
 	for (;;) {
-		struct pollfd pfd[3] = {
+		struct pollfd pfd[4] = {
 			{ .fd = xs_fd, .events = POLLIN },
 			{ .fd = w->halt_fd, .events = POLLIN },
 			{ .fd = w->sig_fd, .events = POLLIN },
+			{ .fd = w->stats_fd, .events = POLLIN }, /* -1: ignored */
 		};
 		char **ev;
 
-		if (poll(pfd, 3, -1) < 0) {
+		if (poll(pfd, 4, -1) < 0) {
 			if (errno == EINTR) {
 				continue;
 			}
@@ -294,10 +485,18 @@ static int serve(struct worker *w)
 		if (pfd[1].revents & POLLIN) {
 			take_halt(w);
 		}
+		if (pfd[3].revents & POLLIN) {
+			stats_serve(w);
+		}
 		if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			while ((ev = xs_check_watch(w->xs)) != NULL) {
-				int r = vd_xenbus_backend_handle_watch(
-					w->backend, ev[XS_WATCH_PATH], ev[XS_WATCH_TOKEN]);
+				int r;
+
+				if (is_polling_key(w, ev[XS_WATCH_PATH])) {
+					read_polling(w);
+				}
+				r = vd_xenbus_backend_handle_watch(w->backend, ev[XS_WATCH_PATH],
+								   ev[XS_WATCH_TOKEN]);
 				free(ev);
 				if (r == 1) {
 					vd_log(VD_LOG_INFO, "VBD finished");
@@ -314,7 +513,7 @@ static int serve(struct worker *w)
 
 int vd_worker_run(const struct vd_worker_opts *o)
 {
-	struct worker w = { .o = o, .sig_fd = -1, .halt_fd = -1 };
+	struct worker w = { .o = o, .sig_fd = -1, .halt_fd = -1, .stats_fd = -1 };
 	struct vd_err err = { 0 };
 	struct vd_image_opts iopts;
 	struct vd_image_info info;
@@ -392,11 +591,13 @@ int vd_worker_run(const struct vd_worker_opts *o)
 		refuse(&w, &err);
 		goto out;
 	}
+	stats_open(&w);
 	rc = serve(&w);
 out:
 	/* Stop the queues first (in-flight I/O completes), then the state machine;
 	 * disconnect is idempotent, the backend may call it again. */
 	vbd_disconnect(&w);
+	stats_close(&w);
 	if (w.backend != NULL) {
 		vd_xenbus_backend_destroy(w.backend);
 	}

@@ -4,11 +4,15 @@
  * them bounce pages and pulls WRITE data in with one grant copy per batch,
  * submit_io() hands them to the image, io_done() collects completions, and
  * finish_done() pushes READ data out with one grant copy and answers.
+ * queue_thread() at the bottom decides between another turn, polling and
+ * sleeping (adaptive polling, as tapdisk3 does it).
  */
 #include "queue/queue-int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -150,8 +154,11 @@ static void gbatch_add_data(struct vd_queue *q, struct vd_qreq *qr, bool to_gues
 
 static void respond(struct vd_queue *q, struct vd_qreq *qr, int16_t status)
 {
+	unsigned int lat = vd_queue_lat_bucket((q->now_ns - qr->start_ns) / 1000u);
+
 	vd_blkif_ring_put_rsp(&q->ring, qr->breq.id, qr->breq.op, status);
 	VD_STAT_ADD(q, reqs, 1);
+	VD_STAT_ADD(q, lat_hist[lat], 1);
 	if (status != BLKIF_RSP_OKAY) {
 		VD_STAT_ADD(q, errors, 1);
 	}
@@ -301,8 +308,8 @@ static bool finish_done(struct vd_queue *q)
 				qr->breq.op, qr->breq.offset_bytes, qr->breq.len_bytes,
 				strerror((int)-qr->result));
 		}
-		status = qr->grant_failed ? BLKIF_RSP_ERROR
-					  : vd_blkif_status_from_errno(qr->result);
+		status =
+			qr->grant_failed ? BLKIF_RSP_ERROR : vd_blkif_status_from_errno(qr->result);
 		if (status == BLKIF_RSP_OKAY) {
 			count_done(q, qr);
 		}
@@ -378,6 +385,18 @@ static bool reject(struct vd_queue *q, struct vd_qreq *qr, int status, const cha
 	return true;
 }
 
+static void count_batch(struct vd_queue *q, unsigned int n)
+{
+	unsigned int b = 0;
+
+	while ((n >> (b + 1)) != 0 && b + 1 < VD_QUEUE_BATCH_BUCKETS) {
+		b++;
+	}
+	VD_STAT_ADD(q, batches, 1);
+	VD_STAT_ADD(q, batch_reqs, n);
+	VD_STAT_ADD(q, batch_hist[b], 1);
+}
+
 /*
  * Copy and validate every new slot; fetch indirect segment pages for the
  * whole batch in one grant copy; queue the valid requests.
@@ -401,11 +420,12 @@ static bool consume_ring(struct vd_queue *q)
 	if (pending == 0) {
 		return false;
 	}
+	count_batch(q, (unsigned int)pending);
 	while (pending-- > 0 && (qr = TAILQ_FIRST(&q->free_reqs)) != NULL) {
 		TAILQ_REMOVE(&q->free_reqs, qr, link);
 		qr->grant_failed = false;
 		qr->nr_pages = 0;
-		qr->start_ns = 0;
+		qr->start_ns = q->now_ns;
 		vd_blkif_ring_get(&q->ring, &qr->breq);
 		status = vd_blkif_req_validate(&qr->breq, &q->cfg.limits, &why);
 		if (reject(q, qr, status, why)) {
@@ -458,6 +478,7 @@ static void on_evtchn(void *arg, int revents)
 
 	/* Unmask now: the ring is read after this, and re-checked before sleep. */
 	vd_evtchn_ack(q->evtchn);
+	VD_STAT_ADD(q, evtchn_kicks, 1);
 }
 
 static void msg_stop(void *arg)
@@ -471,8 +492,10 @@ static void msg_stop(void *arg)
 
 bool vd_queue_poll(struct vd_queue *q)
 {
-	bool work = vd_ioctx_poll(q->ioctx) > 0;
+	bool work;
 
+	q->now_ns = vd_now_ns();
+	work = vd_ioctx_poll(q->ioctx) > 0;
 	work |= finish_done(q);
 	work |= consume_ring(q);
 	work |= start_waiting(q);
@@ -488,17 +511,139 @@ static bool drained(const struct vd_queue *q)
 	return q->nr_io == 0 && TAILQ_EMPTY(&q->waiting) && TAILQ_EMPTY(&q->done);
 }
 
+/* ---- adaptive polling ---- */
+
+static inline void cpu_relax(void)
+{
+	vd_barrier();
+}
+
+/* Read the "cpu" line of /proc/stat: idle (idle + iowait) and total ticks. */
+static bool read_cpu_ticks(int fd, uint64_t *idle, uint64_t *total)
+{
+	char buf[256];
+	uint64_t v[8] = { 0 };
+	char *p = buf, *end;
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+
+	if (n <= 4 || strncmp(buf, "cpu ", 4) != 0) {
+		return false;
+	}
+	buf[n] = '\0';
+	p += 4;
+	*total = 0;
+	for (unsigned int i = 0; i < VD_ARRAY_SIZE(v); i++) {
+		v[i] = strtoull(p, &end, 10);
+		if (end == p) {
+			break;
+		}
+		*total += v[i];
+		p = end;
+	}
+	*idle = v[3] + v[4];
+	return *total != 0;
+}
+
+/*
+ * Is the host idle enough to poll? Sampled every 10 ms at most. The time
+ * this queue spent in empty polls counts as idle: it would be idle otherwise,
+ * and counting it as busy would switch polling off because of itself.
+ */
+static bool host_idle_ok(struct vd_queue *q, uint32_t idle_pct)
+{
+	struct vd_qpoll *p = &q->poll;
+	uint64_t idle, total, wall;
+
+	if (idle_pct == 0 || p->stat_fd < 0) {
+		return true;
+	}
+	wall = q->now_ns - p->sample_ns;
+	if (wall < 10000000ull) {
+		return p->idle_ok;
+	}
+	if (read_cpu_ticks(p->stat_fd, &idle, &total) && total > p->total_ticks &&
+	    p->sample_ns != 0) {
+		double frac = (double)(idle - p->idle_ticks) / (double)(total - p->total_ticks);
+
+		frac += (double)p->spin_ns / ((double)wall * p->nr_cpus);
+		p->idle_ok = frac * 100.0 >= (double)idle_pct;
+	}
+	p->idle_ticks = idle;
+	p->total_ticks = total;
+	p->sample_ns = q->now_ns;
+	p->spin_ns = 0;
+	return p->idle_ok;
+}
+
+/*
+ * After a turn that found nothing: keep polling? Only inside the window
+ * that the last activity opened, and while the host has idle CPU. While we
+ * poll, req_event stays where it was, so the guest does not kick us.
+ */
+static bool keep_polling(struct vd_queue *q)
+{
+	struct vd_qpoll *p = &q->poll;
+	uint32_t idle_pct = __atomic_load_n(&q->poll_idle_pct_set, __ATOMIC_RELAXED);
+
+	if (p->window_end_ns == 0 || q->now_ns >= p->window_end_ns || q->halted || q->stopping) {
+		p->window_end_ns = 0;
+		return false;
+	}
+	if (!host_idle_ok(q, idle_pct)) {
+		VD_STAT_ADD(q, poll_idle_stops, 1);
+		p->window_end_ns = 0;
+		return false;
+	}
+	VD_STAT_ADD(q, polls_empty, 1);
+	if (p->last_turn_ns != 0) {
+		p->spin_ns += q->now_ns - p->last_turn_ns;
+	}
+	p->last_turn_ns = q->now_ns;
+	cpu_relax();
+	return true;
+}
+
+/* Activity: (re)open the polling window, if polling is on. */
+static void poll_rearm(struct vd_queue *q)
+{
+	uint32_t us = __atomic_load_n(&q->poll_us_set, __ATOMIC_RELAXED);
+
+	if (us == 0) {
+		q->poll.window_end_ns = 0;
+		return;
+	}
+	if (q->poll.window_end_ns == 0) {
+		VD_STAT_ADD(q, poll_windows, 1);
+	}
+	q->poll.window_end_ns = q->now_ns + (uint64_t)us * 1000u;
+	q->poll.last_turn_ns = 0;
+}
+
+void vd_queue_set_polling(struct vd_queue *q, uint32_t poll_us, uint32_t idle_pct)
+{
+	__atomic_store_n(&q->poll_us_set, VD_MIN(poll_us, (uint32_t)VD_QUEUE_MAX_POLL_US),
+			 __ATOMIC_RELAXED);
+	__atomic_store_n(&q->poll_idle_pct_set, VD_MIN(idle_pct, 100u), __ATOMIC_RELAXED);
+}
+
+/* ---- the loop ---- */
+
 static void *queue_thread(void *arg)
 {
 	struct vd_queue *q = arg;
 
 	for (;;) {
 		if (vd_queue_poll(q)) {
+			poll_rearm(q);
 			continue;
 		}
 		if (q->stopping && drained(q)) {
 			break;
 		}
+		if (keep_polling(q)) {
+			continue;
+		}
+		/* Going to sleep: re-arm req_event, then look at the ring once more. */
 		if (!q->halted && !q->stopping) {
 			int r = vd_blkif_ring_final_check(&q->ring);
 
@@ -509,6 +654,7 @@ static void *queue_thread(void *arg)
 				halt(q, EPROTO, "request producer index beyond the ring size");
 			}
 		}
+		VD_STAT_ADD(q, sleeps, 1);
 		vd_ioctx_wait(q->ioctx, 0);
 	}
 	push_responses(q);
@@ -548,7 +694,8 @@ static int alloc_reqs(struct vd_queue *q, struct vd_err *err)
 	q->gbatch = calloc(1, sizeof(*q->gbatch));
 	if (!q->reqs || !q->indirect_pages || (ctx_size && !q->driver_ctx) || !q->pool ||
 	    !q->free_pages || !q->gbatch) {
-		return vd_err_set(err, ENOMEM, "queue %u: allocating the request pool", q->cfg.index);
+		return vd_err_set(err, ENOMEM, "queue %u: allocating the request pool",
+				  q->cfg.index);
 	}
 	for (uint32_t i = 0; i < q->nr_pool_pages; i++) {
 		q->free_pages[i] = q->nr_pool_pages - 1 - i;
@@ -576,10 +723,11 @@ static int map_ring(struct vd_queue *q, struct vd_err *err)
 	int status = GNTST_okay;
 	int rc;
 
-	q->sring = vd_gnt_map(q->gnt, q->cfg.domid, q->ring_refs, q->cfg.nr_ring_pages, true,
-			      &status);
+	q->sring =
+		vd_gnt_map(q->gnt, q->cfg.domid, q->ring_refs, q->cfg.nr_ring_pages, true, &status);
 	if (q->sring == NULL) {
-		return vd_err_set(err, EFAULT, "queue %u: mapping %u ring page(s) (grant status %d)",
+		return vd_err_set(err, EFAULT,
+				  "queue %u: mapping %u ring page(s) (grant status %d)",
 				  q->cfg.index, q->cfg.nr_ring_pages, status);
 	}
 	rc = vd_blkif_ring_init(&q->ring, q->cfg.abi, q->sring, q->cfg.nr_ring_pages);
@@ -627,8 +775,7 @@ static int setup_reactor(struct vd_queue *q, struct vd_err *err)
 	return 0;
 }
 
-int vd_queue_create(const struct vd_queue_config *cfg, struct vd_queue **out,
-		    struct vd_err *err)
+int vd_queue_create(const struct vd_queue_config *cfg, struct vd_queue **out, struct vd_err *err)
 {
 	struct vd_queue *q;
 	int rc;
@@ -645,6 +792,10 @@ int vd_queue_create(const struct vd_queue_config *cfg, struct vd_queue **out,
 	q->cfg = *cfg;
 	memcpy(q->ring_refs, cfg->ring_refs, cfg->nr_ring_pages * sizeof(q->ring_refs[0]));
 	q->cfg.ring_refs = q->ring_refs;
+	vd_queue_set_polling(q, cfg->poll_us, cfg->poll_idle_pct);
+	q->poll.stat_fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+	q->poll.nr_cpus = (unsigned int)VD_MAX(sysconf(_SC_NPROCESSORS_ONLN), 1L);
+	q->poll.idle_ok = true;
 	TAILQ_INIT(&q->free_reqs);
 	TAILQ_INIT(&q->waiting);
 	TAILQ_INIT(&q->done);
@@ -737,6 +888,9 @@ void vd_queue_destroy(struct vd_queue *q)
 	free(q->free_pages);
 	free(q->driver_ctx);
 	free(q->gbatch);
+	if (q->poll.stat_fd >= 0) {
+		close(q->poll.stat_fd);
+	}
 	free(q);
 }
 
@@ -749,4 +903,181 @@ void vd_queue_get_stats(struct vd_queue *q, struct vd_queue_stats *out)
 	for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++) {
 		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 	}
+}
+
+/* ---- histograms ---- */
+
+unsigned int vd_queue_lat_bucket(uint64_t us)
+{
+	unsigned int e = 63 - (unsigned int)__builtin_clzll(us | 1);
+	unsigned int idx;
+
+	if (us < 4) {
+		return (unsigned int)us;
+	}
+	idx = 4 + (e - 2) * 4 + (unsigned int)((us >> (e - 2)) & 3);
+	return VD_MIN(idx, VD_QUEUE_LAT_BUCKETS - 1u);
+}
+
+uint64_t vd_queue_lat_bucket_low(unsigned int idx)
+{
+	if (idx < 4) {
+		return idx;
+	}
+	return (uint64_t)(4 + (idx - 4) % 4) << ((idx - 4) / 4);
+}
+
+uint64_t vd_queue_lat_percentile(const uint64_t hist[VD_QUEUE_LAT_BUCKETS], double pct)
+{
+	uint64_t total = 0, seen = 0, want;
+
+	for (unsigned int i = 0; i < VD_QUEUE_LAT_BUCKETS; i++) {
+		total += hist[i];
+	}
+	if (total == 0) {
+		return 0;
+	}
+	want = (uint64_t)((double)total * pct / 100.0 + 0.5);
+	want = VD_MAX(want, 1ull);
+	for (unsigned int i = 0; i < VD_QUEUE_LAT_BUCKETS; i++) {
+		seen += hist[i];
+		if (seen >= want) {
+			if (i + 1 == VD_QUEUE_LAT_BUCKETS) {
+				return vd_queue_lat_bucket_low(i);
+			}
+			return (vd_queue_lat_bucket_low(i) + vd_queue_lat_bucket_low(i + 1)) / 2;
+		}
+	}
+	return vd_queue_lat_bucket_low(VD_QUEUE_LAT_BUCKETS - 1);
+}
+
+/* ---- stats as text ---- */
+
+#define STAT_FIELD(f)                                  \
+	{                                              \
+#f, offsetof(struct vd_queue_stats, f) \
+	}
+static const struct {
+	const char *name;
+	size_t off;
+} g_stat_fields[] = {
+	STAT_FIELD(reqs),
+	STAT_FIELD(reqs_read),
+	STAT_FIELD(reqs_write),
+	STAT_FIELD(reqs_flush),
+	STAT_FIELD(reqs_discard),
+	STAT_FIELD(bytes_read),
+	STAT_FIELD(bytes_written),
+	STAT_FIELD(errors),
+	STAT_FIELD(invalid),
+	STAT_FIELD(wakeups),
+	STAT_FIELD(notifies),
+	STAT_FIELD(grant_copy_calls),
+	STAT_FIELD(grant_copy_segs),
+	STAT_FIELD(pool_stalls),
+	STAT_FIELD(polls_empty),
+	STAT_FIELD(poll_windows),
+	STAT_FIELD(poll_idle_stops),
+	STAT_FIELD(sleeps),
+	STAT_FIELD(evtchn_kicks),
+	STAT_FIELD(batches),
+	STAT_FIELD(batch_reqs),
+};
+
+static int put_hist(char *buf, size_t len, size_t *pos, const char *name, const uint64_t *h,
+		    unsigned int n)
+{
+	int r = snprintf(buf + *pos, len - *pos, "%s", name);
+
+	for (unsigned int i = 0; r >= 0 && (size_t)r < len - *pos && i < n; i++) {
+		*pos += (size_t)r;
+		r = snprintf(buf + *pos, len - *pos, " %" PRIu64, h[i]);
+	}
+	if (r < 0 || (size_t)r + 1 >= len - *pos) {
+		return -ENOSPC;
+	}
+	*pos += (size_t)r;
+	buf[(*pos)++] = '\n';
+	buf[*pos] = '\0';
+	return 0;
+}
+
+int vd_queue_stats_format(const struct vd_queue_stats *st, unsigned int idx, char *buf, size_t len)
+{
+	size_t pos = 0;
+	int r;
+
+	if (len == 0) {
+		return -ENOSPC;
+	}
+	r = snprintf(buf, len, "queue %u\n", idx);
+	for (size_t i = 0; r >= 0 && (size_t)r < len - pos && i < VD_ARRAY_SIZE(g_stat_fields);
+	     i++) {
+		pos += (size_t)r;
+		r = snprintf(buf + pos, len - pos, "%s %" PRIu64 "\n", g_stat_fields[i].name,
+			     *(const uint64_t *)((const char *)st + g_stat_fields[i].off));
+	}
+	if (r < 0 || (size_t)r >= len - pos) {
+		return -ENOSPC;
+	}
+	pos += (size_t)r;
+	if (put_hist(buf, len, &pos, "batch_hist", st->batch_hist, VD_QUEUE_BATCH_BUCKETS) < 0 ||
+	    put_hist(buf, len, &pos, "lat_hist", st->lat_hist, VD_QUEUE_LAT_BUCKETS) < 0) {
+		return -ENOSPC;
+	}
+	return (int)pos;
+}
+
+static int parse_u64(const char **p, uint64_t *out)
+{
+	char *end;
+
+	while (**p == ' ') {
+		(*p)++;
+	}
+	if (**p < '0' || **p > '9') {
+		return -EINVAL;
+	}
+	errno = 0;
+	*out = strtoull(*p, &end, 10);
+	if (errno != 0) {
+		return -EINVAL;
+	}
+	*p = end;
+	return 0;
+}
+
+static int parse_hist(const char *p, uint64_t *h, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++) {
+		if (parse_u64(&p, &h[i]) < 0) {
+			return -EINVAL;
+		}
+	}
+	return *p == '\0' || *p == '\n' ? 0 : -EINVAL;
+}
+
+int vd_queue_stats_parse_line(struct vd_queue_stats *st, const char *line)
+{
+	size_t n = strcspn(line, " ");
+	const char *p = line + n;
+	uint64_t v;
+
+	if (n == strlen("batch_hist") && strncmp(line, "batch_hist", n) == 0) {
+		return parse_hist(p, st->batch_hist, VD_QUEUE_BATCH_BUCKETS);
+	}
+	if (n == strlen("lat_hist") && strncmp(line, "lat_hist", n) == 0) {
+		return parse_hist(p, st->lat_hist, VD_QUEUE_LAT_BUCKETS);
+	}
+	for (size_t i = 0; i < VD_ARRAY_SIZE(g_stat_fields); i++) {
+		if (strlen(g_stat_fields[i].name) == n &&
+		    strncmp(line, g_stat_fields[i].name, n) == 0) {
+			if (parse_u64(&p, &v) < 0 || (*p != '\0' && *p != '\n')) {
+				return -EINVAL;
+			}
+			*(uint64_t *)((char *)st + g_stat_fields[i].off) = v;
+			return 0;
+		}
+	}
+	return -EINVAL;
 }

@@ -32,10 +32,10 @@
 
 /* ---- the fake guest and hypervisor ---- */
 
-static uint8_t *g_mem;                      /* guest RAM */
+static uint8_t *g_mem; /* guest RAM */
 static struct grant_entry_v1 g_gnt[GNT_ENTRIES];
-static uint32_t g_next_page;                /* bump allocator over g_mem */
-static uint32_t g_next_ref = 8;             /* refs below 8 are reserved, as in Linux */
+static uint32_t g_next_page;    /* bump allocator over g_mem */
+static uint32_t g_next_ref = 8; /* refs below 8 are reserved, as in Linux */
 static int g_evfd = -1;
 static unsigned int g_notifies;
 static unsigned int g_halts;
@@ -209,8 +209,9 @@ static void on_halt(void *arg, unsigned int qidx, int errnum, const char *why)
 static int setup_with(void **state, unsigned int order, bool readonly, uint32_t max_pool_pages)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	struct vd_image_opts io = { .io_backend = "mem", .size_bytes = DISK_BYTES,
-				    .format = "raw", .readonly = readonly };
+	struct vd_image_opts io = {
+		.io_backend = "mem", .size_bytes = DISK_BYTES, .format = "raw", .readonly = readonly
+	};
 	struct vd_err err = { 0 };
 	struct vd_queue_config cfg = { 0 };
 
@@ -228,7 +229,8 @@ static int setup_with(void **state, unsigned int order, bool readonly, uint32_t 
 	for (unsigned int i = 0; i < f->nr_ring_pages; i++) {
 		f->ring_refs[i] = grant(guest_page(), 0, false);
 	}
-	blkif_sring_t *sring = (blkif_sring_t *)(g_mem + (size_t)g_gnt[f->ring_refs[0]].frame * 4096);
+	blkif_sring_t *sring =
+		(blkif_sring_t *)(g_mem + (size_t)g_gnt[f->ring_refs[0]].frame * 4096);
 	SHARED_RING_INIT(sring);
 	FRONT_RING_INIT(&f->front, sring, 4096 * f->nr_ring_pages);
 
@@ -243,9 +245,12 @@ static int setup_with(void **state, unsigned int order, bool readonly, uint32_t 
 	cfg.ring_refs = f->ring_refs;
 	cfg.nr_ring_pages = f->nr_ring_pages;
 	cfg.remote_port = 5;
-	cfg.limits = (struct vd_blkif_limits){ .size_bytes = DISK_BYTES, .sector_bytes = 512,
-					       .readonly = readonly, .flush = true,
-					       .barrier = true, .discard = true,
+	cfg.limits = (struct vd_blkif_limits){ .size_bytes = DISK_BYTES,
+					       .sector_bytes = 512,
+					       .readonly = readonly,
+					       .flush = true,
+					       .barrier = true,
+					       .discard = true,
 					       .max_indirect_segs = VD_BLKIF_MAX_INDIRECT_SEGS };
 	cfg.image = f->img;
 	cfg.on_halt = on_halt;
@@ -665,8 +670,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_readonly_refuses_writes, setup_readonly,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_prod_overflow_halts, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_pool_backpressure, setup_small_pool,
-						teardown),
+		cmocka_unit_test_setup_teardown(test_pool_backpressure, setup_small_pool, teardown),
 		cmocka_unit_test_setup_teardown(test_thread_stop_drains, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
