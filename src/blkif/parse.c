@@ -167,6 +167,16 @@ int vd_blkif_req_validate(struct vd_blkif_req *req, const struct vd_blkif_limits
 		if (lim->readonly) {
 			return reject(why, "flush/barrier on a read-only device", BLKIF_RSP_ERROR);
 		}
+		/*
+		 * Without data the sector means nothing: Linux blkfront sends
+		 * (sector_t)-1 there (the __sector blk_rq_init() gives a flush
+		 * request), and blkback checks the range only when there are
+		 * sectors (xen_vbd_translate). Rejecting it makes blkfront
+		 * switch its write cache off for good ("empty flush op failed").
+		 */
+		if (req->nr_segs == 0) {
+			return BLKIF_RSP_OKAY;
+		}
 		return validate_data(req, lim, why);
 
 	case BLKIF_OP_DISCARD: {

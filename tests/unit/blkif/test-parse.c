@@ -303,6 +303,27 @@ static void test_flush_barrier(void **state)
 		w.seg[0].first_sect = 3;
 		w.seg[0].last_sect = 1;
 		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_ERROR);
+		/*
+		 * An empty flush as Linux blkfront sends it: sector (sector_t)-1,
+		 * also with 4 KiB sectors; the same sector with data is refused.
+		 */
+		w = rw(BLKIF_OP_FLUSH_DISKCACHE, 0, UINT64_MAX);
+		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_OKAY);
+		assert_int_equal(g_req.offset_bytes, 0);
+		assert_int_equal(g_req.len_bytes, 0);
+		l.sector_bytes = 4096;
+		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_OKAY);
+		l.sector_bytes = 512;
+		w = rw(BLKIF_OP_WRITE_BARRIER, 0, UINT64_MAX);
+		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_OKAY);
+		assert_int_equal(g_req.len_bytes, 0);
+		w = rw(BLKIF_OP_FLUSH_DISKCACHE, 1, UINT64_MAX);
+		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_ERROR);
+		assert_string_equal(why, "sector number overflows");
+		w = rw(BLKIF_OP_FLUSH_DISKCACHE, 1, SIZE_BYTES / 512);
+		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_ERROR);
+		assert_string_equal(why, "access beyond end of device");
+
 		l.flush = false;
 		w = rw(BLKIF_OP_FLUSH_DISKCACHE, 0, 0);
 		assert_int_equal(check(abi, &w, &l, &why), BLKIF_RSP_EOPNOTSUPP);
