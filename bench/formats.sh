@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# vdisk format benchmark (issues 5 and 6): VHD and QCOW2 through vdiskd and
+# simguest, beside `qemu-img bench` on the same kind of image and fio on a raw
+# file of the same size, in one run on one machine.
+#
+#   bench/formats.sh                  full run (10 s per case)
+#   BENCH_QUICK=1 bench/formats.sh    3 s per case
+#
+# Systems, per format (vhd = dynamic VHD, qemu's `vpc`; qcow2 = 64 KiB clusters):
+#   vdisk     vdiskd + `vdisk sim guest --no-verify` (1 queue), attach --format vhd|qcow2,
+#             cache direct (O_DIRECT), io_uring backend: the daemon's defaults
+#   qemu-img  `qemu-img bench -t none -i native` (O_DIRECT, Linux AIO), one image
+#   fio       fio --ioengine=io_uring --direct=1 on a raw file: the ceiling
+# Workloads:
+#   rw4k-alloc-qd1/qd32  4k random write into a FRESH image (every system gets
+#                        its own new image; fio a new sparse raw file)
+#   rr4k-qd1/qd32, rw4k-qd1/qd32   4k random read / write, fully allocated image
+#   seqr1m-qd8, seqw1m-qd8         1M sequential read / write, allocated image
+# The allocated images are `qemu-img convert` copies of a raw file filled by
+# fio (non-zero data, so every cluster/block is allocated); fresh images come
+# from `qemu-img create` (vpc: subformat=dynamic,force_size=on), the same for
+# vdisk and qemu-img.
+#
+# qemu-img bench has no random mode and no time limit: it issues -c COUNT
+# requests at offsets start, start+S, start+2S... modulo the image size. For
+# "random" 4k we use the stride S = 400001 x 4 KiB (~1.5 GiB; odd and coprime
+# with the number of 4k blocks, so it visits every block once before
+# repeating, each request in a different cluster/block than the last): a
+# scattered pattern with no locality, like simguest's uniform random offsets,
+# but not the same offsets. Sequential 1M uses the default stride (= the
+# request size). COUNT is calibrated by a short run (on a throwaway image for
+# the allocation cases) to last about BENCH_RUNTIME seconds. qemu-img bench
+# reports only the elapsed time: IOPS = COUNT / time, no latency percentiles.
+#
+# L2 cache (qcow2): vdisk's default L2 cache covers the whole disk up to 32 MiB
+# of cache (256 GiB at 64 KiB clusters), as QEMU's default does on Linux, so
+# at 4 GiB (512 KiB of L2) "default" and "whole disk" are the same run for
+# both engines. `vdisk attach` has no l2-cache-size knob (vd_image_opts has
+# l2_cache_bytes, but neither the attach CLI nor the backend dir carry it), so
+# a smaller cache cannot be benchmarked through vdiskd.
+#
+# Output in bench/results/<date>-formats/: table.txt (also printed),
+# results.tsv, raw/ (fio JSON, simguest JSON, qemu-img output, vdiskd log),
+# machine.txt (CPU, memory, kernel, filesystem, versions, build, load).
+#
+# Knobs: VDISK_BUILD_DIR (use a release build), BENCH_QUICK=1, BENCH_RUNTIME,
+# BENCH_SIZE (default 4G), BENCH_CASES (regex on case names such as
+# 'qcow2.*alloc'), BENCH_OUT, TMPDIR (where the images go: needs ~4 x SIZE).
+# Needs fio, qemu-img (qemu-utils), python3, xenstore-utils.
+# Not part of any test suite: run it by hand.
+set -euo pipefail
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+export VDISK_SOURCE_DIR=${VDISK_SOURCE_DIR:-$(cd "$BENCH_DIR/.." && pwd)}
+# shellcheck source=../scripts/lib-sim.sh
+. "$VDISK_SOURCE_DIR/scripts/lib-sim.sh"
+
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+	RUNTIME=${BENCH_RUNTIME:-3}
+else
+	RUNTIME=${BENCH_RUNTIME:-10}
+fi
+SIZE=${BENCH_SIZE:-4G}
+CASES=${BENCH_CASES:-.}
+STAMP=$(date +%Y%m%d-%H%M)
+OUT=${BENCH_OUT:-$BENCH_DIR/results/$STAMP-formats}
+mkdir -p "$OUT/raw"
+OUT=$(cd "$OUT" && pwd)
+TSV=$OUT/results.tsv
+STRIDE=$((400001 * 4096))
+
+for t in fio qemu-img python3 xenstore-write; do
+	command -v "$t" >/dev/null || { echo "bench: needs $t" >&2; exit 2; }
+done
+
+vd_setup fmtbench
+export VDISK_RUN_DIR=$VD_TMP/run
+SIZE_BYTES=$(numfmt --from=iec "$SIZE")
+RAW=$VD_TMP/filled.raw
+
+machine_details() {
+	{
+		echo "date: $(date -Is)"
+		echo "host: $(uname -a)"
+		echo "cpus: $(nproc)"
+		lscpu 2>/dev/null | grep -E '^(Model name|Thread|Core|Socket|CPU MHz|L[123]|Hypervisor)' || true
+		grep -E '^(MemTotal|MemAvailable)' /proc/meminfo
+		echo "images: $VD_TMP ($SIZE) on $(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$VD_TMP" | tr '\n' ' ')"
+		echo "fio: $(fio --version)"
+		echo "qemu-img: $(qemu-img --version | head -n1)"
+		echo "vdisk: $("$VDISK" --version 2>/dev/null || echo '?')"
+		echo "build: $VD_BUILD ($(meson introspect --buildoptions "$VD_BUILD" 2>/dev/null |
+			python3 -c 'import json,sys; print(" ".join(o["name"]+"="+str(o["value"]) for o in json.load(sys.stdin) if o["name"] in ("buildtype","b_sanitize","optimization")))' 2>/dev/null || echo '?'))"
+		echo "git: $(git -C "$VDISK_SOURCE_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+			"($(git -C "$VDISK_SOURCE_DIR" status --porcelain 2>/dev/null | wc -l) uncommitted paths)"
+		echo "runtime per case: ${RUNTIME}s  quick: $QUICK  qemu-img 4k stride: $STRIDE"
+		echo "uptime at start: $(uptime)"
+	} >"$OUT/machine.txt"
+}
+
+want() { [[ $1 =~ $CASES ]]; }
+
+# record CASE FORMAT WORKLOAD SYSTEM KIND FILE [COUNT BS]
+# KIND: fio (JSON), guest (simguest JSON line), qemu (qemu-img bench text).
+record() {
+	python3 - "$@" >>"$TSV" <<'EOF'
+import json, re, sys
+case, fmt, wl, system, kind, path = sys.argv[1:7]
+iops = mbps = p50 = p99 = float("nan")
+status = "ok"
+try:
+    if kind == "fio":
+        j = json.load(open(path))["jobs"][0]
+        iops = mbps = 0.0
+        for d in ("read", "write"):
+            s = j[d]
+            if s["total_ios"]:
+                iops += s["iops"]; mbps += s["bw_bytes"] / 1e6
+                pc = s["lat_ns"].get("percentile") or s["clat_ns"].get("percentile")
+                p50 = pc["50.000000"] / 1000; p99 = pc["99.000000"] / 1000
+    elif kind == "guest":
+        js = [json.loads(l) for l in open(path) if l.strip().startswith("{")]
+        x = js[0]
+        iops, mbps, p50, p99 = x["iops"], x["mbps"], x["lat_p50_us"], x["lat_p99_us"]
+        if x["io_errors"] or x["verification_errors"]:
+            status = "io_errors=%d" % x["io_errors"]
+    else:
+        count, bs = int(sys.argv[7]), int(sys.argv[8])
+        m = re.search(r"Run completed in ([0-9.]+) seconds", open(path).read())
+        secs = float(m.group(1))
+        iops = count / secs; mbps = count * bs / secs / 1e6
+except Exception as e:
+    status = "FAILED"
+def f(v, fmt="%.0f"):
+    return "nan" if v != v else fmt % v
+print("\t".join([case, fmt, wl, system, f(iops), f(mbps, "%.1f"), f(p50), f(p99), status]))
+EOF
+}
+
+# run_fio CASE WORKLOAD FILE RW BS QD
+run_fio() {
+	local c=$1 wl=$2 file=$3 rw=$4 bs=$5 qd=$6 raw=$OUT/raw/$1.json
+	want "$c" || return 0
+	vd_log "case $c"
+	fio --name="$c" --filename="$file" --size="$SIZE" --rw="$rw" --bs="$bs" \
+		--iodepth="$qd" --ioengine=io_uring --direct=1 --runtime="$RUNTIME" --time_based \
+		--randrepeat=0 --lat_percentiles=1 --output-format=json >"$raw" 2>"$OUT/raw/$c.err" || true
+	record "$c" raw "$wl" fio fio "$raw"
+}
+
+ring_order_for() { # depth -> ring order (32 slots per page)
+	local d=$1 o=0
+	while [ $((32 << o)) -lt "$d" ] && [ $o -lt 4 ]; do o=$((o + 1)); done
+	echo $o
+}
+
+DOMID=0
+# run_vdisk CASE FORMAT WORKLOAD IMAGE RW BS QD
+run_vdisk() {
+	local c=$1 fmt=$2 wl=$3 img=$4 rw=$5 bs=$6 qd=$7 raw=$OUT/raw/$1.json rc=0
+	want "$c" || return 0
+	vd_log "case $c"
+	DOMID=$((DOMID + 1))
+	vd_guest_start "$c" $DOMID --json --no-verify --queues 1 \
+		--ring-order "$(ring_order_for "$qd")" --rw "$rw" --bs "$bs" --iodepth "$qd" \
+		--runtime "$RUNTIME"
+	vd_wait_domain $DOMID
+	vd_attach $DOMID 51712 "$img" --format "$fmt"
+	vd_wait_exit "$c" $((RUNTIME + 60)) || rc=$?
+	[ "$rc" -eq 0 ] || vd_log "guest $c exited $rc"
+	cp "$VD_LOGS/$c.out" "$raw"
+	cp "$VD_LOGS/$c.err" "$OUT/raw/$c.err"
+	vd_detach $DOMID 51712
+	record "$c" "$fmt" "$wl" vdisk guest "$raw"
+}
+
+# qemu_count FMT IMAGE ARGS...: a request count lasting ~RUNTIME seconds.
+qemu_count() {
+	local fmt=$1 img=$2 n=256 t
+	shift 2
+	while :; do
+		t=$(qemu-img bench -f "$fmt" -t none -i native -c "$n" "$@" "$img" 2>&1 |
+			sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+		[ -n "$t" ] || { echo 0; return; }
+		if awk -v t="$t" 'BEGIN { exit !(t >= 0.3) }' || [ "$n" -ge 4000000 ]; then
+			break
+		fi
+		n=$((n * 4))
+	done
+	awk -v n="$n" -v t="$t" -v r="$RUNTIME" 'BEGIN { c = int(n / t * r); if (c < 1) c = 1; print c }'
+}
+
+# run_qemu CASE FORMAT WORKLOAD IMAGE FRESH(0|1) BS QD ARGS...
+run_qemu() {
+	local c=$1 fmt=$2 wl=$3 img=$4 fresh=$5 bs=$6 qd=$7 raw=$OUT/raw/$1.txt qfmt count cal
+	shift 7
+	want "$c" || return 0
+	vd_log "case $c"
+	qfmt=$fmt
+	[ "$fmt" = vhd ] && qfmt=vpc
+	cal=$img
+	if [ "$fresh" = 1 ]; then
+		cal=$VD_TMP/cal.$fmt
+		new_image "$fmt" "$cal"
+	fi
+	count=$(qemu_count "$qfmt" "$cal" -d "$qd" -s "$bs" "$@")
+	[ "$fresh" = 1 ] && rm -f "$cal"
+	{
+		echo "+ qemu-img bench -f $qfmt -t none -i native -c $count -d $qd -s $bs $* $img"
+		qemu-img bench -f "$qfmt" -t none -i native -c "$count" -d "$qd" -s "$bs" "$@" "$img" 2>&1
+	} >"$raw" || true
+	record "$c" "$fmt" "$wl" qemu-img qemu "$raw" "$count" "$(numfmt --from=iec "${bs^^}")"
+}
+
+# new_image FMT PATH: a fresh, empty image of SIZE.
+new_image() {
+	rm -f "$2"
+	case $1 in
+	vhd) qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$2" "$SIZE_BYTES" ;;
+	qcow2) qemu-img create -q -f qcow2 -o cluster_size=65536 "$2" "$SIZE_BYTES" ;;
+	raw) truncate -s "$SIZE_BYTES" "$2" ;;
+	esac
+}
+
+# ---- run ----------------------------------------------------------------------
+
+machine_details
+read -r LOAD1 _ </proc/loadavg
+if awk -v l="$LOAD1" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+	vd_log "WARNING: load average $LOAD1 on $(nproc) CPUs: other work is running," \
+		"the numbers will be noisy (recorded in machine.txt)"
+fi
+printf 'case\tformat\tworkload\tsystem\tiops\tmbps\tp50_us\tp99_us\tstatus\n' >"$TSV"
+
+vd_log "filling $RAW ($SIZE) and converting it to allocated vhd and qcow2 images"
+fio --name=fill --filename="$RAW" --size="$SIZE" --rw=write --bs=1M --direct=1 \
+	--ioengine=io_uring --iodepth=8 --output="$OUT/raw/fill.txt" >/dev/null
+qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$RAW" "$VD_TMP/full.vhd"
+qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$RAW" "$VD_TMP/full.qcow2"
+for f in full.vhd full.qcow2; do
+	qemu-img info "$VD_TMP/$f" >>"$OUT/raw/images.txt"
+done
+vd_start_all
+
+# 4k random write into fresh images: allocation.
+for qd in 1 32; do
+	wl=rw4k-alloc-qd$qd
+	if want "$wl-raw-fio"; then
+		new_image raw "$VD_TMP/fresh.raw"
+		run_fio "$wl-raw-fio" "$wl" "$VD_TMP/fresh.raw" randwrite 4k $qd
+		rm -f "$VD_TMP/fresh.raw"
+	fi
+	for fmt in vhd qcow2; do
+		if want "$wl-$fmt-vdisk"; then
+			new_image $fmt "$VD_TMP/fresh.$fmt"
+			run_vdisk "$wl-$fmt-vdisk" $fmt "$wl" "$VD_TMP/fresh.$fmt" randwrite 4k $qd
+			# the image vdisk wrote must check clean (qemu-img check has no vpc support)
+			if [ $fmt = vhd ]; then
+				"$VDISK" check "$VD_TMP/fresh.$fmt" >"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
+					vd_log "vdisk check after $wl-$fmt-vdisk: exit $? (see raw/)"
+			else
+				qemu-img check -f qcow2 "$VD_TMP/fresh.$fmt" \
+					>"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
+					vd_log "qemu-img check after $wl-$fmt-vdisk: exit $? (see raw/)"
+			fi
+		fi
+		if want "$wl-$fmt-qemu-img"; then
+			new_image $fmt "$VD_TMP/fresh.$fmt"
+			run_qemu "$wl-$fmt-qemu-img" $fmt "$wl" "$VD_TMP/fresh.$fmt" 1 4k $qd -w -S "$STRIDE"
+		fi
+		rm -f "$VD_TMP/fresh.$fmt"
+	done
+done
+
+# Fully allocated images: 4k random read/write, 1M sequential.
+# WORKLOAD RW(fio/simguest) BS QD QEMU-ARGS...
+alloc_case() {
+	local wl=$1 rw=$2 bs=$3 qd=$4 fmt
+	shift 4
+	run_fio "$wl-raw-fio" "$wl" "$RAW" "$rw" "$bs" "$qd"
+	for fmt in vhd qcow2; do
+		run_vdisk "$wl-$fmt-vdisk" $fmt "$wl" "$VD_TMP/full.$fmt" "$rw" "$bs" "$qd"
+		run_qemu "$wl-$fmt-qemu-img" $fmt "$wl" "$VD_TMP/full.$fmt" 0 "$bs" "$qd" "$@"
+	done
+}
+for qd in 1 32; do
+	alloc_case rr4k-qd$qd randread 4k $qd -S "$STRIDE"
+	alloc_case rw4k-qd$qd randwrite 4k $qd -w -S "$STRIDE"
+done
+alloc_case seqr1m-qd8 read 1M 8
+alloc_case seqw1m-qd8 write 1M 8
+
+vd_stop vdiskd 15 || true
+vd_stop hv 10 || true
+cp "$VD_LOGS/vdiskd.err" "$OUT/raw/vdiskd.err" 2>/dev/null || true
+grep -aiE 'error|fail|corrupt|abort' "$VD_LOGS/vdiskd.err" >"$OUT/raw/vdiskd-errors.txt" 2>/dev/null || true
+[ -s "$OUT/raw/vdiskd-errors.txt" ] &&
+	vd_log "vdiskd logged $(wc -l <"$OUT/raw/vdiskd-errors.txt") error lines: see raw/vdiskd-errors.txt"
+echo "uptime at end: $(uptime)" >>"$OUT/machine.txt"
+
+python3 - "$TSV" <<'EOF' | tee "$OUT/table.txt"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+by = {(r["format"], r["workload"], r["system"]): r for r in rows}
+wls = []
+for r in rows:
+    if r["workload"] not in wls:
+        wls.append(r["workload"])
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return float("nan")
+hdr = "%-7s %-16s %-9s %9s %9s %8s %8s  %s"
+print(hdr % ("format", "workload", "system", "IOPS", "MB/s", "p50 us", "p99 us", "status"))
+for wl in wls:
+    for fmt, system in (("raw", "fio"), ("vhd", "vdisk"), ("vhd", "qemu-img"),
+                        ("qcow2", "vdisk"), ("qcow2", "qemu-img")):
+        r = by.get((fmt, wl, system))
+        if r:
+            print(hdr % (fmt, wl, system, r["iops"], r["mbps"], r["p50_us"].replace("nan", "-"),
+                         r["p99_us"].replace("nan", "-"), r["status"]))
+    print()
+print("ratios: IOPS (MB/s for 1M): vdisk / qemu-img bench, vdisk / fio on raw")
+print("%-7s %-16s %14s %12s" % ("format", "workload", "vdisk/qemu-img", "vdisk/fio"))
+for fmt in ("vhd", "qcow2"):
+    for wl in wls:
+        k = "mbps" if "1m" in wl else "iops"
+        g = lambda f, s: num(by[(f, wl, s)][k]) if (f, wl, s) in by else float("nan")
+        v, q, f = g(fmt, "vdisk"), g(fmt, "qemu-img"), g("raw", "fio")
+        rq = v / q if q and q == q and v == v else float("nan")
+        rf = v / f if f and f == f and v == v else float("nan")
+        print("%-7s %-16s %14.2f %12.2f" % (fmt, wl, rq, rf))
+EOF
+vd_log "results in $OUT"
