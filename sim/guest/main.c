@@ -124,7 +124,7 @@ static int run_workload(struct vd_front *f)
 		return 1;
 	}
 	vd_wl_print(&res, &p, o->json);
-	fflush(stdout);
+	(void)fflush(stdout);
 	return res.st.verify_errors == 0 && res.st.io_errors == 0 && res.st.unknown_ids == 0 ? 0
 											     : 1;
 }

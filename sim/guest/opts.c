@@ -204,7 +204,7 @@ static int parse_number_opt(struct vd_sg_opts *o, int c, const char *arg, struct
 		break;
 	case OPT_RUNTIME:
 		min = 1;
-		max = 86400 * 365;
+		max = 86400ull * 365;
 		break;
 	case OPT_IOS:
 		min = 1;

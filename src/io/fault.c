@@ -338,7 +338,9 @@ static int fault_open(struct vd_file *f, const char *path, const struct vd_file_
 		}
 		s->limit_bytes = v;
 	}
-	s->real_sync = getenv("VD_FAULT_SYNC") && strcmp(getenv("VD_FAULT_SYNC"), "1") == 0;
+	const char *sync_env = getenv("VD_FAULT_SYNC");
+
+	s->real_sync = sync_env != NULL && strcmp(sync_env, "1") == 0;
 	io.cache = VD_CACHE_WRITEBACK;
 	s->inner_path = strdup(path);
 	if (!s->inner_path) {

@@ -308,8 +308,8 @@ static bool finish_done(struct vd_queue *q)
 				qr->breq.op, qr->breq.offset_bytes, qr->breq.len_bytes,
 				strerror((int)-qr->result));
 		}
-		status =
-			qr->grant_failed ? BLKIF_RSP_ERROR : vd_blkif_status_from_errno(qr->result);
+		status = (int16_t)(qr->grant_failed ? BLKIF_RSP_ERROR
+						    : vd_blkif_status_from_errno(qr->result));
 		if (status == BLKIF_RSP_OKAY) {
 			count_done(q, qr);
 		}
@@ -561,8 +561,10 @@ static bool host_idle_ok(struct vd_queue *q, uint32_t idle_pct)
 	if (wall < 10000000ull) {
 		return p->idle_ok;
 	}
-	if (read_cpu_ticks(p->stat_fd, &idle, &total) && total > p->total_ticks &&
-	    p->sample_ns != 0) {
+	if (!read_cpu_ticks(p->stat_fd, &idle, &total)) {
+		return p->idle_ok; /* keep the last verdict; never store garbage */
+	}
+	if (total > p->total_ticks && p->sample_ns != 0) {
 		double frac = (double)(idle - p->idle_ticks) / (double)(total - p->total_ticks);
 
 		frac += (double)p->spin_ns / ((double)wall * p->nr_cpus);
