@@ -321,6 +321,8 @@ int vd_qcow2_l1_writeback(struct qcow2_state *s);
 int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err);
 void vd_qcow2_refcounts_free(struct qcow2_state *s);
 uint64_t vd_qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster);
+/* Store refcount v as entry i of a refcount block (2^order bits per entry). */
+void vd_qcow2_refcount_encode(uint8_t *blk, unsigned int order, uint64_t i, uint64_t v);
 /* Allocate one cluster (refcount 1); returns its byte offset or -errno. */
 int64_t vd_qcow2_alloc_cluster(struct vd_image *img);
 /* Decrement later, once the L2/L1 change that frees it is durable. */

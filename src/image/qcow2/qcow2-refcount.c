@@ -40,7 +40,7 @@ static uint64_t rc_decode(const uint8_t *blk, unsigned int order, uint64_t i)
 	}
 }
 
-static void rc_encode(uint8_t *blk, unsigned int order, uint64_t i, uint64_t v)
+void vd_qcow2_refcount_encode(uint8_t *blk, unsigned int order, uint64_t i, uint64_t v)
 {
 	unsigned int bits = 1u << order;
 
@@ -173,7 +173,8 @@ static void refcount_set(struct qcow2_state *s, uint64_t cluster, uint64_t v)
 {
 	uint64_t b = cluster / s->refs_per_block;
 
-	rc_encode(s->refblocks[b], s->refcount_order, cluster % s->refs_per_block, v);
+	vd_qcow2_refcount_encode(s->refblocks[b], s->refcount_order, cluster % s->refs_per_block,
+				 v);
 	s->refblock_dirty[b] = true;
 	s->refcounts_dirty = true;
 }
@@ -726,7 +727,7 @@ static int rebuild(struct chk *k)
 				v = c < E + nb + nt ? 1 : 0;
 			}
 			if (v) {
-				rc_encode(buf, s->refcount_order, i, v);
+				vd_qcow2_refcount_encode(buf, s->refcount_order, i, v);
 			}
 		}
 		ret = vd_qcow2_pwrite(s, buf, s->cluster_bytes, (E + b) * s->cluster_bytes);

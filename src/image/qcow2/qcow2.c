@@ -861,33 +861,6 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-static void refcount_put(uint8_t *blk, unsigned int order, uint64_t i, uint64_t v)
-{
-	unsigned int bits = 1u << order;
-
-	switch (order) {
-	case 6:
-		qcow2_put_be64(blk + i * 8, v);
-		break;
-	case 5:
-		qcow2_put_be32(blk + i * 4, (uint32_t)v);
-		break;
-	case 4:
-		qcow2_put_be16(blk + i * 2, (uint16_t)v);
-		break;
-	case 3:
-		blk[i] = (uint8_t)v;
-		break;
-	default: {
-		uint64_t bit = i * bits;
-		uint8_t mask = (uint8_t)(((1u << bits) - 1) << (bit % 8));
-
-		blk[bit / 8] = (uint8_t)((blk[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
-		break;
-	}
-	}
-}
-
 static int qcow2_create(const char *path, const struct vd_image_create_opts *o, struct vd_err *err)
 {
 	bool overwrite = o->flags & VD_IMAGE_CREATE_OVERWRITE;
@@ -1069,7 +1042,7 @@ static int qcow2_create(const char *path, const struct vd_image_create_opts *o, 
 		memset(buf, 0, cb);
 		for (uint64_t i = 0; i < l.rpb; i++) {
 			if (b * l.rpb + i < l.total) {
-				refcount_put(buf, order, i, 1);
+				vd_qcow2_refcount_encode(buf, order, i, 1);
 			}
 		}
 		ret = write_all(fd, buf, cb, (l.rb_at + b) * cb);
