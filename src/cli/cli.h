@@ -15,5 +15,6 @@ int vd_cli_commit(int argc, char **argv);
 int vd_cli_resize(int argc, char **argv);
 int vd_cli_stats(int argc, char **argv);
 int vd_cli_bench(int argc, char **argv);
+int vd_cli_serve_nbd(int argc, char **argv); /* cmd-nbd.c */
 
 #endif

@@ -44,6 +44,10 @@ static void usage(FILE *f)
 		"  snapshot [-f FMT] [-F FMT] IMAGE NEW\n"
 		"  commit [-f FMT] [-p] IMAGE\n"
 		"  resize [-f FMT] [--shrink] IMAGE [+|-]SIZE\n"
+		"Run-time and exports:\n"
+		"  stats DOMID VDEV [--interval S] [--json]  per-queue counters of a VBD\n"
+		"  serve-nbd IMAGE [-f FMT] [--socket PATH | --port N [--bind ADDR]]\n"
+		"            [--readonly] [--export NAME]   an image over NBD\n"
 		"Simulator:\n"
 		"  sim hv [--dir DIR]                the simulated hypervisor\n"
 		"  sim guest [options]               a simulated guest (--help)\n"
@@ -416,6 +420,10 @@ static const struct cmd g_cmds[] = {
 	/* run-time views and benchmarks: cmd-perf.c */
 	{ "stats", vd_cli_stats },
 	{ "bench", vd_cli_bench },
+#ifdef VD_HAVE_NBD
+	/* NBD export of an image: cmd-nbd.c */
+	{ "serve-nbd", vd_cli_serve_nbd },
+#endif
 };
 
 int main(int argc, char **argv)

@@ -472,6 +472,16 @@ int vd_queue_send_msg(struct vd_queue *q, vd_queue_msg_fn fn, void *arg)
 	return vd_ioctx_send_msg(q->ioctx, fn, arg);
 }
 
+struct vd_ioctx *vd_queue_ioctx(struct vd_queue *q)
+{
+	return q->ioctx;
+}
+
+struct vd_image_queue *vd_queue_image_queue(struct vd_queue *q)
+{
+	return q->iq;
+}
+
 static void on_evtchn(void *arg, int revents)
 {
 	struct vd_queue *q = arg;

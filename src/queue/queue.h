@@ -135,6 +135,17 @@ typedef void (*vd_queue_msg_fn)(void *arg);
 int vd_queue_send_msg(struct vd_queue *q, vd_queue_msg_fn fn, void *arg);
 
 /*
+ * For services that share the queue's thread, such as the NBD export of a
+ * VBD: the queue's reactor and its image queue. Call only on the queue's
+ * thread (from a function sent with vd_queue_send_msg); both stay valid
+ * until vd_queue_stop returns. Whatever a service submits through them it
+ * must have finished (or abandoned: callbacks never run after stop) before
+ * it asks the queue to stop.
+ */
+struct vd_ioctx *vd_queue_ioctx(struct vd_queue *q);
+struct vd_image_queue *vd_queue_image_queue(struct vd_queue *q);
+
+/*
  * One turn of the loop without blocking (tests call it directly, with no
  * OS thread): messages, ring, completions. Returns true if it did work.
  */
