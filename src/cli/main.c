@@ -32,6 +32,7 @@ static void usage(FILE *f)
 		"VBDs (the toolstack's part, through xenstore; XENSTORED_PATH is honoured):\n"
 		"  attach DOMID VDEV IMAGE [--format raw] [--readonly] [--io uring|sync|null|mem]\n"
 		"         [--size BYTES] [--cache direct|writeback] [--max-queues N]\n"
+		"         [--l2-cache-size BYTES] [--l2-cache-entry-size BYTES]   (qcow2)\n"
 		"  detach DOMID VDEV [--timeout SECONDS] [--force]\n"
 		"  list [--json]\n"
 		"Images:\n"
@@ -114,6 +115,8 @@ static int cmd_attach(int argc, char **argv)
 		{ "size", required_argument, NULL, 's' },
 		{ "cache", required_argument, NULL, 'c' },
 		{ "max-queues", required_argument, NULL, 'q' },
+		{ "l2-cache-size", required_argument, NULL, 'L' },
+		{ "l2-cache-entry-size", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -124,7 +127,7 @@ static int cmd_attach(int argc, char **argv)
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			o.format = optarg;
@@ -149,6 +152,18 @@ static int cmd_attach(int argc, char **argv)
 				return usage_error("invalid --max-queues '%s' (1..16)", optarg);
 			}
 			o.max_queues = (unsigned int)v;
+			break;
+		case 'L':
+			if (vd_ctl_parse_size(optarg, &o.l2_cache_bytes) < 0 ||
+			    o.l2_cache_bytes == 0) {
+				return usage_error("invalid --l2-cache-size '%s'", optarg);
+			}
+			break;
+		case 'E':
+			if (vd_ctl_parse_size(optarg, &o.l2_cache_entry_bytes) < 0 ||
+			    o.l2_cache_entry_bytes == 0) {
+				return usage_error("invalid --l2-cache-entry-size '%s'", optarg);
+			}
 			break;
 		case 'h':
 			usage(stdout);

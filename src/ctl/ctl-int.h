@@ -18,15 +18,17 @@ char *vd_ctl_xs_read(struct xs_handle *xs, xs_transaction_t t, const char *dir, 
 
 /* What the toolstack asked for, read from the backend dir and validated. */
 struct vd_vbd_conf {
-	char *params;             /* image path (anything for null/mem) */
-	char *format;             /* NULL: probe */
-	char *io_backend;         /* NULL: the image layer's default */
-	bool readonly;            /* mode=r */
-	enum vd_cache_mode cache; /* "cache": direct (default) or writeback */
-	uint64_t size_bytes;      /* "size", 0 if absent */
-	unsigned int max_queues;  /* "max-queues" 1..16, default VD_CTL_DEFAULT_QUEUES */
-	bool discard_enable;      /* "discard-enable", default true */
-	uint16_t frontend_id;     /* "frontend-id", must equal the path's domid */
+	char *params;                  /* image path (anything for null/mem) */
+	char *format;                  /* NULL: probe */
+	char *io_backend;              /* NULL: the image layer's default */
+	bool readonly;                 /* mode=r */
+	enum vd_cache_mode cache;      /* "cache": direct (default) or writeback */
+	uint64_t size_bytes;           /* "size", 0 if absent */
+	unsigned int max_queues;       /* "max-queues" 1..16, default VD_CTL_DEFAULT_QUEUES */
+	bool discard_enable;           /* "discard-enable", default true */
+	uint16_t frontend_id;          /* "frontend-id", must equal the path's domid */
+	uint64_t l2_cache_bytes;       /* qcow2 "l2-cache-size", 0: the driver's default */
+	uint64_t l2_cache_entry_bytes; /* qcow2 "l2-cache-entry-size", 0: default */
 };
 
 /*

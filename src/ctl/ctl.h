@@ -8,6 +8,7 @@
  *   /local/domain/0/backend/vbd3/<domid>/<devid>    backend dir (ours)
  *     frontend frontend-id online state params mode type dev device-type
  *     discard-enable format io-backend [size] [cache] [max-queues]
+ *     [l2-cache-size] [l2-cache-entry-size]   (qcow2, bytes)
  *     vdisk-error   written by the daemon/worker when a VBD cannot be served
  *   /local/domain/<domid>/device/vbd/<devid>        frontend dir (the guest's)
  *     backend backend-id state virtual-device device-type
@@ -98,9 +99,11 @@ struct vd_attach_opts {
 	const char *cache;      /* NULL: not written; "direct" or "writeback" */
 	bool readonly;          /* mode=r */
 	bool have_size;
-	uint64_t size_bytes;     /* "size", for null/mem */
-	unsigned int max_queues; /* 0: not written */
-	bool check_image;        /* check IMAGE exists and is readable (not for null/mem) */
+	uint64_t size_bytes;           /* "size", for null/mem */
+	unsigned int max_queues;       /* 0: not written */
+	uint64_t l2_cache_bytes;       /* qcow2 l2-cache-size; 0: not written */
+	uint64_t l2_cache_entry_bytes; /* qcow2 l2-cache-entry-size; 0: not written */
+	bool check_image;              /* check IMAGE exists and is readable (not for null/mem) */
 };
 
 /*

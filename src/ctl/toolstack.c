@@ -280,6 +280,19 @@ static int attach_txn(struct xs_handle *xs, xs_transaction_t t, void *arg, struc
 			return r;
 		}
 	}
+	if (o->l2_cache_bytes != 0) {
+		snprintf(buf, sizeof(buf), "%" PRIu64, o->l2_cache_bytes);
+		if ((r = xwrite(xs, t, c->p.be, "l2-cache-size", buf, be_perms, 2, err)) < 0) {
+			return r;
+		}
+	}
+	if (o->l2_cache_entry_bytes != 0) {
+		snprintf(buf, sizeof(buf), "%" PRIu64, o->l2_cache_entry_bytes);
+		if ((r = xwrite(xs, t, c->p.be, "l2-cache-entry-size", buf, be_perms, 2, err)) <
+		    0) {
+			return r;
+		}
+	}
 
 	/* Frontend side: the guest owns it, dom0 may read it. */
 	if ((r = ensure_dir(xs, t, c->p.fe_device, fe_perms, 2, err)) < 0 ||

@@ -152,6 +152,16 @@ int vd_vbd_conf_read(struct xs_handle *xs, const char *be, uint16_t domid, struc
 		}
 		c->max_queues = (unsigned int)v;
 	}
+	/* The driver checks the values against the image (QEMU's rules). */
+	r = read_opt_uint(xs, be, "l2-cache-size", UINT64_MAX, &present, &c->l2_cache_bytes, err);
+	if (r < 0) {
+		goto err;
+	}
+	r = read_opt_uint(xs, be, "l2-cache-entry-size", UINT32_MAX, &present,
+			  &c->l2_cache_entry_bytes, err);
+	if (r < 0) {
+		goto err;
+	}
 	r = read_opt_uint(xs, be, "discard-enable", 1, &present, &v, err);
 	if (r < 0) {
 		goto err;
@@ -185,6 +195,8 @@ void vd_vbd_image_opts(const struct vd_vbd_conf *c, struct vd_image_opts *o)
 	o->readonly = c->readonly;
 	o->cache = c->cache;
 	o->size_bytes = c->size_bytes;
+	o->l2_cache_bytes = c->l2_cache_bytes;
+	o->l2_cache_entry_bytes = c->l2_cache_entry_bytes;
 }
 
 void vd_vbd_make_caps(const struct vd_vbd_conf *c, const struct vd_image_info *info,

@@ -172,7 +172,11 @@ static void test_attach_options(void **state)
 	o.readonly = true;
 	o.max_queues = 2;
 	o.cache = "writeback";
+	o.l2_cache_bytes = 4u << 20;
+	o.l2_cache_entry_bytes = 4096;
 	assert_int_equal(vd_ctl_attach(g_xs, &o, &err), 0);
+	expect(BE5 "/51728/l2-cache-size", "4194304");
+	expect(BE5 "/51728/l2-cache-entry-size", "4096");
 	expect(BE5 "/51728/size", "1073741824");
 	expect(BE5 "/51728/mode", "r");
 	expect(BE5 "/51728/io-backend", "null");
@@ -336,6 +340,8 @@ static void test_conf_read(void **state)
 	assert_int_equal(c.max_queues, VD_CTL_DEFAULT_QUEUES);
 	assert_true(c.discard_enable);
 	assert_int_equal(c.cache, VD_CACHE_DIRECT);
+	assert_int_equal(c.l2_cache_bytes, 0);
+	assert_int_equal(c.l2_cache_entry_bytes, 0);
 	vd_vbd_conf_fini(&c);
 
 	put("mode", "r");
@@ -345,7 +351,11 @@ static void test_conf_read(void **state)
 	put("cache", "writeback");
 	put("max-queues", "16");
 	put("discard-enable", "0");
+	put("l2-cache-size", "33554432");
+	put("l2-cache-entry-size", "8192");
 	assert_int_equal(conf(&c), 0);
+	assert_int_equal(c.l2_cache_bytes, 33554432);
+	assert_int_equal(c.l2_cache_entry_bytes, 8192);
 	assert_true(c.readonly);
 	assert_string_equal(c.format, "raw");
 	assert_string_equal(c.io_backend, "mem");
@@ -369,6 +379,11 @@ static void test_conf_read(void **state)
 	put("size", "99999999999999999999999");
 	assert_int_equal(conf(&c), -EINVAL);
 	put("size", NULL);
+	put("l2-cache-entry-size", "4294967296");
+	assert_int_equal(conf(&c), -EINVAL);
+	put("l2-cache-entry-size", "x");
+	assert_int_equal(conf(&c), -EINVAL);
+	put("l2-cache-entry-size", NULL);
 	put("io-backend", "tape");
 	assert_int_equal(conf(&c), -EINVAL);
 	put("io-backend", "sync");
