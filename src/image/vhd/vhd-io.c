@@ -753,7 +753,15 @@ static void round_start(struct vd_image *img, struct vhd_queue *q)
 			b->block = j->block;
 			b->sector = vhd_bat_get(s, j->block);
 			if (b->sector == VHD_BAT_UNUSED) {
-				uint64_t off = VD_ALIGN_UP(s->data_end, (uint64_t)VHD_SECTOR);
+				/*
+				 * The sector bitmap sits just before a page boundary so
+				 * that the block's data is page-aligned: O_DIRECT on
+				 * 4 KiB-sector disks needs it, and sub-block direct
+				 * writes serialise on ext4/xfs.
+				 */
+				uint64_t off = VD_ALIGN_UP(s->data_end + s->bitmap_bytes,
+							   (uint64_t)VD_PAGE_SIZE) -
+					       s->bitmap_bytes;
 
 				if (off / VHD_SECTOR >= VHD_BAT_UNUSED) {
 					rd->error = -ENOSPC;

@@ -236,7 +236,10 @@ static void test_dynamic_alloc_layout(void **state)
 	sync_rw(img, VD_IO_WRITE, buf, MiB, 2 * MiB - 512 * 1024);
 	assert_int_not_equal(vhd_bat_get(s, 0), VHD_BAT_UNUSED);
 	assert_int_not_equal(vhd_bat_get(s, 1), VHD_BAT_UNUSED);
-	assert_int_equal(s->data_end, end0 + 2 * (512 + 2 * MiB));
+	/* each block's data starts on a page: its bitmap sits just before one */
+	assert_int_equal(((uint64_t)vhd_bat_get(s, 0) * 512 + 512) % 4096, 0);
+	assert_int_equal(((uint64_t)vhd_bat_get(s, 1) * 512 + 512) % 4096, 0);
+	assert_int_equal(s->data_end, VD_ALIGN_UP(end0 + 512, 4096ull) + 2 * MiB + 4096 + 2 * MiB);
 	assert_true(vhd_bit_test(s->batmap, 0));
 	assert_true(vhd_bit_test(s->batmap, 1));
 	assert_false(vhd_bit_test(s->batmap, 2));
@@ -245,7 +248,10 @@ static void test_dynamic_alloc_layout(void **state)
 	expect_bytes(img, 40 * MiB, 4096, 0); /* unallocated */
 	/* rewrite of an allocated block does not allocate */
 	sync_rw(img, VD_IO_WRITE, buf, 4096, 0);
-	assert_int_equal(s->data_end, end0 + 2 * (512 + 2 * MiB));
+	/* each block's data starts on a page: its bitmap sits just before one */
+	assert_int_equal(((uint64_t)vhd_bat_get(s, 0) * 512 + 512) % 4096, 0);
+	assert_int_equal(((uint64_t)vhd_bat_get(s, 1) * 512 + 512) % 4096, 0);
+	assert_int_equal(s->data_end, VD_ALIGN_UP(end0 + 512, 4096ull) + 2 * MiB + 4096 + 2 * MiB);
 	/* discard of an allocated range reads zero afterwards */
 	sync_rw(img, VD_IO_DISCARD, NULL, 4096, 0);
 	expect_bytes(img, 0, 4096, 0);
@@ -256,7 +262,8 @@ static void test_dynamic_alloc_layout(void **state)
 	vd_image_close(img);
 	/* the footer moved to the new end, and reopening sees the same */
 	assert_int_equal(stat(p, &st), 0);
-	assert_int_equal((uint64_t)st.st_size, end0 + 2 * (512 + 2 * MiB) + 512);
+	assert_int_equal((uint64_t)st.st_size,
+			 VD_ALIGN_UP(end0 + 512, 4096ull) + 2 * MiB + 4096 + 2 * MiB + 512);
 	img = open_img(p, true);
 	assert_true(vhd_st(img)->end_footer_ok);
 	assert_true(vhd_st(img)->batmap_valid);
@@ -445,8 +452,8 @@ static void test_multiqueue_first_writes(void **state)
 		}
 	}
 	/* one block 0 and one block 2 allocated, whatever the interleaving */
-	assert_int_equal(vhd_st(img)->data_end,
-			 vhd_st(img)->meta_end + 2 * (uint64_t)(512 + 2 * MiB));
+	assert_int_equal(vhd_st(img)->data_end, VD_ALIGN_UP(vhd_st(img)->meta_end + 512, 4096ull) +
+							2 * MiB + 4096 + 2 * MiB);
 	for (q = 0; q < 3; q++) {
 		vd_image_queue_destroy(iq[q]);
 		vd_ioctx_destroy(ctx[q]);
