@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/compiler.h"
+#include "common/iov.h"
 #include "common/log.h"
 #include "image/image-driver.h"
 
@@ -297,22 +298,11 @@ void vd_image_io_fail(struct vd_image_queue *iq, struct vd_io *io, int64_t resul
 static int check_io(const struct vd_image *img, const struct vd_io *io)
 {
 	uint64_t sector = img->info.sector_bytes;
-	uint64_t sum = 0;
-	int i;
 
 	switch (io->op) {
 	case VD_IO_READ:
 	case VD_IO_WRITE:
-		if (!io->iov || io->iovcnt <= 0 || io->iovcnt > IOV_MAX) {
-			return -EINVAL;
-		}
-		for (i = 0; i < io->iovcnt; i++) {
-			if (io->iov[i].iov_len > UINT64_MAX - sum) {
-				return -EINVAL;
-			}
-			sum += io->iov[i].iov_len;
-		}
-		if (sum != io->len_bytes) {
+		if (!vd_iov_covers(io->iov, io->iovcnt, io->len_bytes)) {
 			return -EINVAL;
 		}
 		break;

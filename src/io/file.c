@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/compiler.h"
+#include "common/iov.h"
 #include "common/log.h"
 #include "io/fault.h"
 #include "io/io-int.h"
@@ -109,22 +110,10 @@ int vd_file_resize(struct vd_file *f, uint64_t size_bytes)
 
 static int check_req(const struct vd_file *f, const struct vd_file_req *req)
 {
-	uint64_t sum = 0;
-	int i;
-
 	switch (req->op) {
 	case VD_IO_READ:
 	case VD_IO_WRITE:
-		if (!req->iov || req->iovcnt <= 0 || req->iovcnt > IOV_MAX || req->len_bytes == 0) {
-			return -EINVAL;
-		}
-		for (i = 0; i < req->iovcnt; i++) {
-			if (req->iov[i].iov_len > UINT64_MAX - sum) {
-				return -EINVAL;
-			}
-			sum += req->iov[i].iov_len;
-		}
-		if (sum != req->len_bytes) {
+		if (req->len_bytes == 0 || !vd_iov_covers(req->iov, req->iovcnt, req->len_bytes)) {
 			return -EINVAL;
 		}
 		break;
