@@ -19,6 +19,14 @@
  * DEVID", the worker's "cpu_user_us"/"cpu_sys_us" (getrusage), the polling
  * settings, "queues N", then each queue's vd_queue_stats_format() lines, and
  * "end". Nothing is written to xenstore per I/O.
+ *
+ * NBD export (when built with src/nbd): while the frontend is connected,
+ * the VBD is also served over NBD on the UNIX socket
+ * $VDISK_RUN_DIR/vbd-DOMID-DEVID.nbd (mode 0600, export name ""), on the
+ * queue threads, through their image queues: the dom0 view of the disk,
+ * consistent with what the guest sees. The control thread accepts; the
+ * export is stopped (connections closed, their I/O finished) before the
+ * queues are.
  */
 #define _GNU_SOURCE
 #include "ctl/ctl-int.h"
@@ -40,6 +48,9 @@
 #include "common/log.h"
 #include "queue/queue.h"
 #include "transport/transport.h"
+#ifdef VD_HAVE_NBD
+#include "nbd/nbd.h"
+#endif
 
 #define REFUSED_TOKEN "vdisk-refused"
 
@@ -64,6 +75,9 @@ struct worker {
 	struct rusage ru_connect;
 	int stats_fd; /* listening stats socket, -1 if none */
 	char stats_path[108];
+#ifdef VD_HAVE_NBD
+	struct vd_nbd_server *nbd; /* the NBD export while connected, or NULL */
+#endif
 
 	pthread_mutex_t halt_lock; /* protects the slot below */
 	bool halt_pending;
@@ -238,8 +252,83 @@ static void stats_serve(struct worker *w)
 	free(buf);
 }
 
+#ifdef VD_HAVE_NBD
+/* The NBD export's serving threads are the VBD's queue threads. */
+static int nbd_send(void *thread, void (*fn)(void *), void *arg)
+{
+	return vd_queue_send_msg(thread, fn, arg);
+}
+
+static void nbd_bind(void *thread, struct vd_ioctx **ioctx, struct vd_image_queue **iq)
+{
+	*ioctx = vd_queue_ioctx(thread);
+	*iq = vd_queue_image_queue(thread);
+}
+
+static const struct vd_nbd_thread_ops g_nbd_ops = { .send = nbd_send, .bind = nbd_bind };
+
+/* After the queues started. A failure only costs the export (logged). */
+static void nbd_export_open(struct worker *w)
+{
+	struct vd_nbd_config cfg = { .export_name = "", .description = w->name };
+	struct vd_err err = { 0 };
+	char path[sizeof(w->stats_path)];
+	size_t len = strlen(w->stats_path);
+
+	if (len < 5 || strcmp(w->stats_path + len - 5, ".sock") != 0) {
+		return; /* no run directory */
+	}
+	snprintf(path, sizeof(path), "%.*s.nbd", (int)(len - 5), w->stats_path);
+	cfg.readonly = w->caps.readonly;
+	if (vd_nbd_server_create(w->image, &cfg, &w->nbd, &err) < 0) {
+		goto fail;
+	}
+	for (unsigned int i = 0; i < w->nr_queues; i++) {
+		(void)vd_nbd_server_add_thread(w->nbd, &g_nbd_ops, w->queues[i]);
+	}
+	if (vd_nbd_server_listen_unix(w->nbd, path, &err) < 0) {
+		goto fail;
+	}
+	vd_log(VD_LOG_INFO, "NBD export on %s", path);
+	return;
+fail:
+	vd_log(VD_LOG_WARN, "NBD export: %s", vd_err_msg(&err));
+	vd_nbd_server_destroy(w->nbd);
+	w->nbd = NULL;
+}
+
+static void nbd_export_close(struct worker *w)
+{
+	vd_nbd_server_destroy(w->nbd); /* waits for the connections' I/O */
+	w->nbd = NULL;
+}
+
+static int nbd_export_fd(const struct worker *w)
+{
+	return w->nbd != NULL ? vd_nbd_server_fd(w->nbd) : -1;
+}
+#else
+static void nbd_export_open(struct worker *w)
+{
+	(void)w;
+}
+
+static void nbd_export_close(struct worker *w)
+{
+	(void)w;
+}
+
+static int nbd_export_fd(const struct worker *w)
+{
+	(void)w;
+	return -1;
+}
+#endif
+
 static void stop_queues(struct worker *w)
 {
+	/* the NBD export runs on the queue threads: it goes first */
+	nbd_export_close(w);
 	for (unsigned int i = w->nr_queues; i-- > 0;) {
 		vd_queue_stop(w->queues[i]);
 	}
@@ -297,6 +386,7 @@ static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd
 	vd_log(VD_LOG_INFO, "connected: %u queue(s), ring order %u", conf->nr_queues,
 	       conf->ring_page_order);
 	getrusage(RUSAGE_SELF, &w->ru_connect);
+	nbd_export_open(w);
 	return 0;
 fail:
 	vd_log(VD_LOG_ERR, "connect failed: %s", err != NULL ? vd_err_msg(err) : "error");
@@ -464,15 +554,16 @@ static int serve(struct worker *w)
 	int xs_fd = xs_fileno(w->xs);
 
 	for (;;) {
-		struct pollfd pfd[4] = {
+		struct pollfd pfd[5] = {
 			{ .fd = xs_fd, .events = POLLIN },
 			{ .fd = w->halt_fd, .events = POLLIN },
 			{ .fd = w->sig_fd, .events = POLLIN },
-			{ .fd = w->stats_fd, .events = POLLIN }, /* -1: ignored */
+			{ .fd = w->stats_fd, .events = POLLIN },      /* -1: ignored */
+			{ .fd = nbd_export_fd(w), .events = POLLIN }, /* -1: ignored */
 		};
 		char **ev;
 
-		if (poll(pfd, 4, -1) < 0) {
+		if (poll(pfd, 5, -1) < 0) {
 			if (errno == EINTR) {
 				continue;
 			}
@@ -488,6 +579,11 @@ static int serve(struct worker *w)
 		if (pfd[3].revents & POLLIN) {
 			stats_serve(w);
 		}
+#ifdef VD_HAVE_NBD
+		if ((pfd[4].revents & POLLIN) && w->nbd != NULL) {
+			vd_nbd_server_accept(w->nbd);
+		}
+#endif
 		if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			while ((ev = xs_check_watch(w->xs)) != NULL) {
 				int r;

@@ -1,0 +1,387 @@
+/*
+ * vdisk serve-nbd: an image over NBD, in the foreground.
+ *
+ * The main thread opens the image, starts the serving threads (each one a
+ * vd_ioctx reactor with its own image queue, created one after the other
+ * so that thread 0 holds the first image queue: the metadata owner of
+ * qcow2/vhd), listens, and then waits in one poll() on the listening socket
+ * and a signalfd. SIGINT/SIGTERM: stop accepting, close the connections
+ * once their I/O is done, stop the threads, close the image, exit 0.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "image/image.h"
+#include "io/io.h"
+#include "nbd/nbd.h"
+
+#define EXIT_USAGE  2
+#define MAX_THREADS 16
+#define DEF_PORT    10809
+#define SERVE_NBD_USAGE                                                                     \
+	"usage: vdisk serve-nbd IMAGE [-f|--format FMT] [--socket PATH | --port N "         \
+	"[--bind ADDR]]\n"                                                                  \
+	"                        [--readonly] [--export NAME] [--description TEXT]\n"       \
+	"                        [--threads N] [--cache direct|writeback] [--io BACKEND]\n" \
+	"                        [--max-conns N] [--handshake-timeout SECONDS]\n"
+
+enum {
+	OPT_SOCKET = 256,
+	OPT_PORT,
+	OPT_BIND,
+	OPT_READONLY,
+	OPT_EXPORT,
+	OPT_DESC,
+	OPT_THREADS,
+	OPT_CACHE,
+	OPT_IO,
+	OPT_MAX_CONNS,
+	OPT_HANDSHAKE,
+};
+
+struct serve_thread {
+	pthread_t tid;
+	struct vd_image *img;
+	struct vd_ioctx *ioctx;
+	struct vd_image_queue *iq;
+	int ret;
+	bool started, stop;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+};
+
+static int th_send(void *thread, void (*fn)(void *), void *arg)
+{
+	struct serve_thread *st = thread;
+
+	return vd_ioctx_send_msg(st->ioctx, fn, arg);
+}
+
+static void th_bind(void *thread, struct vd_ioctx **ioctx, struct vd_image_queue **iq)
+{
+	struct serve_thread *st = thread;
+
+	*ioctx = st->ioctx;
+	*iq = st->iq;
+}
+
+static const struct vd_nbd_thread_ops g_thread_ops = { .send = th_send, .bind = th_bind };
+
+static void th_stop(void *arg)
+{
+	struct serve_thread *st = arg;
+
+	st->stop = true;
+}
+
+static void *th_main(void *arg)
+{
+	struct serve_thread *st = arg;
+	struct vd_err err = { 0 };
+	int ret;
+
+	ret = vd_ioctx_create(256, &st->ioctx, &err);
+	if (ret == 0) {
+		ret = vd_ioctx_msgs_enable(st->ioctx);
+	}
+	if (ret == 0) {
+		ret = vd_image_queue_create(st->img, st->ioctx, &st->iq);
+	}
+	if (ret < 0) {
+		fprintf(stderr, "vdisk serve-nbd: serving thread: %s\n",
+			err.errnum != 0 ? vd_err_msg(&err) : strerror(-ret));
+	}
+	pthread_mutex_lock(&st->lock);
+	st->ret = ret;
+	st->started = true;
+	pthread_cond_broadcast(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+	if (ret < 0) {
+		vd_ioctx_destroy(st->ioctx);
+		st->ioctx = NULL;
+		return NULL;
+	}
+	while (!st->stop) {
+		ret = vd_ioctx_wait(st->ioctx, 0);
+		if (ret < 0 && ret != -EINTR) {
+			fprintf(stderr, "vdisk serve-nbd: reactor: %s\n", strerror(-ret));
+			break;
+		}
+	}
+	/* the server has drained its connections: nothing of ours is in flight */
+	while (vd_ioctx_inflight(st->ioctx) != 0) {
+		(void)vd_ioctx_wait(st->ioctx, 1000000);
+	}
+	vd_image_queue_destroy(st->iq);
+	vd_ioctx_destroy(st->ioctx);
+	return NULL;
+}
+
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno != 0 || end == s || *end != '\0' || v > max || s[0] == '-') {
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static int usage(const char *why)
+{
+	if (why != NULL) {
+		fprintf(stderr, "vdisk serve-nbd: %s\n", why);
+	}
+	(void)fputs(SERVE_NBD_USAGE, stderr);
+	return EXIT_USAGE;
+}
+
+static bool got_stop_signal(int sfd)
+{
+	struct signalfd_siginfo si;
+
+	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM) {
+			return true;
+		}
+	}
+	return false;
+}
+
+int vd_cli_serve_nbd(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "format", required_argument, NULL, 'f' },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "port", required_argument, NULL, OPT_PORT },
+		{ "bind", required_argument, NULL, OPT_BIND },
+		{ "readonly", no_argument, NULL, OPT_READONLY },
+		{ "export", required_argument, NULL, OPT_EXPORT },
+		{ "description", required_argument, NULL, OPT_DESC },
+		{ "threads", required_argument, NULL, OPT_THREADS },
+		{ "cache", required_argument, NULL, OPT_CACHE },
+		{ "io", required_argument, NULL, OPT_IO },
+		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
+		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct vd_image_opts io = { 0 };
+	struct vd_nbd_config cfg = { 0 };
+	struct serve_thread th[MAX_THREADS];
+	struct vd_nbd_server *srv = NULL;
+	struct vd_image *img = NULL;
+	struct vd_err err = { 0 };
+	const char *sock = NULL, *bind_addr = "127.0.0.1", *image;
+	unsigned long port = 0, nthreads = 1, v;
+	unsigned int started = 0;
+	bool have_port = false;
+	sigset_t set, old;
+	int sfd = -1, rc = 1, c, ret;
+
+	optind = 0;
+	opterr = 1;
+	while ((c = getopt_long(argc, argv, "f:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			io.format = optarg;
+			break;
+		case OPT_SOCKET:
+			sock = optarg;
+			break;
+		case OPT_PORT:
+			if (parse_uint(optarg, 65535, &port) < 0 || port == 0) {
+				return usage("--port: 1..65535");
+			}
+			have_port = true;
+			break;
+		case OPT_BIND:
+			bind_addr = optarg;
+			break;
+		case OPT_READONLY:
+			io.readonly = true;
+			cfg.readonly = true;
+			break;
+		case OPT_EXPORT:
+			cfg.export_name = optarg;
+			break;
+		case OPT_DESC:
+			cfg.description = optarg;
+			break;
+		case OPT_THREADS:
+			if (parse_uint(optarg, MAX_THREADS, &nthreads) < 0 || nthreads == 0) {
+				return usage("--threads: 1..16");
+			}
+			break;
+		case OPT_CACHE:
+			if (strcmp(optarg, "direct") == 0) {
+				io.cache = VD_CACHE_DIRECT;
+			} else if (strcmp(optarg, "writeback") == 0) {
+				io.cache = VD_CACHE_WRITEBACK;
+			} else {
+				return usage("--cache: direct or writeback");
+			}
+			break;
+		case OPT_IO:
+			io.io_backend = optarg;
+			break;
+		case OPT_MAX_CONNS:
+			if (parse_uint(optarg, 4096, &v) < 0 || v == 0) {
+				return usage("--max-conns: 1..4096");
+			}
+			cfg.max_conns = (unsigned int)v;
+			break;
+		case OPT_HANDSHAKE:
+			if (parse_uint(optarg, 3600, &v) < 0 || v == 0) {
+				return usage("--handshake-timeout: 1..3600 seconds");
+			}
+			cfg.handshake_ms = (uint32_t)v * 1000;
+			break;
+		case 'h':
+			(void)fputs(SERVE_NBD_USAGE, stdout);
+			return 0;
+		default:
+			return usage(NULL);
+		}
+	}
+	if (optind + 1 != argc) {
+		return usage("one IMAGE expected");
+	}
+	if (sock != NULL && have_port) {
+		return usage("--socket and --port exclude each other");
+	}
+	if (sock == NULL && !have_port) {
+		port = DEF_PORT;
+	}
+	image = argv[optind];
+
+	ret = vd_image_open(image, &io, &img, &err);
+	if (ret < 0) {
+		fprintf(stderr, "vdisk serve-nbd: %s\n",
+			err.errnum != 0 ? vd_err_msg(&err) : strerror(-ret));
+		return 1;
+	}
+	ret = vd_nbd_server_create(img, &cfg, &srv, &err);
+	if (ret < 0) {
+		fprintf(stderr, "vdisk serve-nbd: %s\n", vd_err_msg(&err));
+		goto out_image;
+	}
+
+	/* Threads inherit the mask: signals are taken only through sfd. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (sfd < 0) {
+		fprintf(stderr, "vdisk serve-nbd: signalfd: %s\n", strerror(errno));
+		goto out_server;
+	}
+
+	memset(th, 0, sizeof(th));
+	for (unsigned int i = 0; i < nthreads; i++) {
+		struct serve_thread *st = &th[i];
+
+		st->img = img;
+		pthread_mutex_init(&st->lock, NULL);
+		pthread_cond_init(&st->cond, NULL);
+		if (pthread_create(&st->tid, NULL, th_main, st) != 0) {
+			fprintf(stderr, "vdisk serve-nbd: cannot start a thread\n");
+			goto out_threads;
+		}
+		started++;
+		pthread_mutex_lock(&st->lock);
+		while (!st->started) {
+			pthread_cond_wait(&st->cond, &st->lock);
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (st->ret < 0) {
+			goto out_threads;
+		}
+		(void)vd_nbd_server_add_thread(srv, &g_thread_ops, st);
+	}
+
+	if (sock != NULL) {
+		ret = vd_nbd_server_listen_unix(srv, sock, &err);
+	} else {
+		ret = vd_nbd_server_listen_tcp(srv, bind_addr, (uint16_t)port, &err);
+	}
+	if (ret < 0) {
+		fprintf(stderr, "vdisk serve-nbd: %s\n", vd_err_msg(&err));
+		goto out_threads;
+	}
+	if (sock != NULL) {
+		printf("serving %s on unix:%s (nbd+unix:///%s?socket=%s)\n", image, sock,
+		       cfg.export_name != NULL ? cfg.export_name : "", sock);
+	} else {
+		printf("serving %s on %s:%lu (nbd://%s:%lu/%s)\n", image, bind_addr, port,
+		       bind_addr, port, cfg.export_name != NULL ? cfg.export_name : "");
+	}
+	(void)fflush(stdout);
+
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = vd_nbd_server_fd(srv), .events = POLLIN },
+			{ .fd = sfd, .events = POLLIN },
+		};
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			fprintf(stderr, "vdisk serve-nbd: poll: %s\n", strerror(errno));
+			break;
+		}
+		if ((pfd[1].revents & POLLIN) && got_stop_signal(sfd)) {
+			rc = 0;
+			break;
+		}
+		if (pfd[0].revents & POLLIN) {
+			vd_nbd_server_accept(srv);
+		}
+	}
+
+out_threads:
+	/* connections first (their I/O completes on the running threads) */
+	vd_nbd_server_stop(srv);
+	for (unsigned int i = 0; i < started; i++) {
+		struct serve_thread *st = &th[i];
+
+		if (st->ret == 0 && st->ioctx != NULL) {
+			while (vd_ioctx_send_msg(st->ioctx, th_stop, st) == -EAGAIN) {
+				usleep(100);
+			}
+		}
+		pthread_join(st->tid, NULL);
+	}
+	for (unsigned int i = 0; i < nthreads && th[i].img != NULL; i++) {
+		pthread_mutex_destroy(&th[i].lock);
+		pthread_cond_destroy(&th[i].cond);
+	}
+out_server:
+	vd_nbd_server_destroy(srv);
+	if (sfd >= 0) {
+		close(sfd);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+out_image:
+	vd_image_close(img);
+	return rc;
+}

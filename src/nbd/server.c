@@ -1,0 +1,383 @@
+/*
+ * nbd server: the control side. Listens, accepts, picks a serving thread
+ * round-robin and sends it the new socket; stops by asking every serving
+ * thread to close its connections, then waits for the count of live
+ * connections (decremented as each is freed, after its last I/O) to reach
+ * zero. The per-connection work is in conn.c.
+ */
+#define _GNU_SOURCE
+#include "nbd/nbd-int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include "common/log.h"
+
+static bool is_pow2(uint64_t v)
+{
+	return v != 0 && (v & (v - 1)) == 0;
+}
+
+int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
+			 struct vd_nbd_server **out, struct vd_err *err)
+{
+	struct vd_nbd_server *s;
+	const char *name = cfg->export_name != NULL ? cfg->export_name : "";
+	int ret;
+
+	*out = NULL;
+	if (strlen(name) > VD_NBD_MAX_NAME ||
+	    (cfg->description != NULL && strlen(cfg->description) > VD_NBD_MAX_NAME)) {
+		return vd_err_set(err, EINVAL, "export name or description longer than %u bytes",
+				  VD_NBD_MAX_NAME);
+	}
+	if (cfg->max_block_bytes != 0 &&
+	    (!is_pow2(cfg->max_block_bytes) || cfg->max_block_bytes < 65536)) {
+		return vd_err_set(err, EINVAL, "max block size %u: not a power of two >= 64 KiB",
+				  cfg->max_block_bytes);
+	}
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		return vd_err_set(err, ENOMEM, "nbd server");
+	}
+	s->listen_fd = -1;
+	s->img = img;
+	ret = vd_image_get_info(img, &s->info);
+	if (ret < 0) {
+		free(s);
+		return vd_err_set(err, -ret, "reading the image geometry");
+	}
+	s->export_name = strdup(name);
+	s->description = cfg->description != NULL ? strdup(cfg->description) : NULL;
+	if (s->export_name == NULL || (cfg->description != NULL && s->description == NULL)) {
+		free(s->export_name);
+		free(s->description);
+		free(s);
+		return vd_err_set(err, ENOMEM, "nbd server");
+	}
+	s->readonly = cfg->readonly || s->info.readonly;
+	s->max_conns = cfg->max_conns != 0 ? cfg->max_conns : VD_NBD_DEF_MAX_CONNS;
+	s->max_inflight = cfg->max_inflight != 0 ? cfg->max_inflight : VD_NBD_DEF_MAX_INFLIGHT;
+	s->max_inflight = VD_MIN(s->max_inflight, 1024u);
+	s->max_block_bytes =
+		cfg->max_block_bytes != 0 ? cfg->max_block_bytes : VD_NBD_DEF_MAX_BLOCK;
+	s->min_block_bytes = s->info.sector_bytes >= 512 ? s->info.sector_bytes : 512;
+	s->handshake_ns =
+		(uint64_t)(cfg->handshake_ms != 0 ? cfg->handshake_ms : VD_NBD_DEF_HANDSHAKE_MS) *
+		1000000ull;
+	s->io_ctx_bytes = vd_image_io_ctx_size(img);
+	/*
+	 * One shared vd_image and vd_file behind every connection, and FLUSH is
+	 * fdatasync of that file (after the format's metadata): a flush on any
+	 * connection makes every completed write durable, so multi-conn is safe.
+	 */
+	s->tx_flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+		      NBD_FLAG_CAN_MULTI_CONN;
+	if (s->readonly) {
+		s->tx_flags |= NBD_FLAG_READ_ONLY;
+	} else {
+		s->tx_flags |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+		if (s->info.discard) {
+			s->tx_flags |= NBD_FLAG_SEND_TRIM;
+		}
+	}
+	/* raw: fallocate; qcow2: zero clusters (or a write of zeroes within one). */
+	s->fast_zero = s->info.format != NULL &&
+		       (strcmp(s->info.format, "raw") == 0 || strcmp(s->info.format, "qcow2") == 0);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	*out = s;
+	return 0;
+}
+
+int vd_nbd_server_add_thread(struct vd_nbd_server *s, const struct vd_nbd_thread_ops *ops,
+			     void *thread)
+{
+	struct nbd_thread *t;
+
+	if (s->nr_threads >= NBD_MAX_THREADS) {
+		return -ENOSPC;
+	}
+	t = &s->threads[s->nr_threads++];
+	memset(t, 0, sizeof(*t));
+	t->srv = s;
+	t->ops = ops;
+	t->arg = thread;
+	t->tfd = -1;
+	return 0;
+}
+
+/*
+ * Block status reads the format's metadata. raw asks the kernel (lseek) and
+ * vhd's BAT is read with atomic loads: any thread will do. qcow2's L2 cache
+ * and a differencing VHD's sector bitmaps belong to the metadata owner
+ * thread, which is the thread of the image's only queue when there is one
+ * serving thread: then it is exact too. Otherwise conn.c answers "data"
+ * for every extent (allowed by the protocol: not a hole, not known zero).
+ */
+static void decide_status(struct vd_nbd_server *s)
+{
+	const char *f = s->info.format != NULL ? s->info.format : "";
+	const char *sub = s->info.subformat != NULL ? s->info.subformat : "";
+
+	if (strcmp(f, "raw") == 0 || (strcmp(f, "vhd") == 0 && strcmp(sub, "differencing") != 0 &&
+				      s->info.backing_file == NULL)) {
+		s->exact_status = true;
+	} else {
+		s->exact_status = s->nr_threads == 1;
+	}
+}
+
+static int listen_fd_common(struct vd_nbd_server *s, int fd, struct vd_err *err, const char *what)
+{
+	if (listen(fd, 64) < 0) {
+		int e = errno;
+
+		close(fd);
+		return vd_err_set(err, e, "listen on %s", what);
+	}
+	s->listen_fd = fd;
+	decide_status(s);
+	return 0;
+}
+
+int vd_nbd_server_listen_unix(struct vd_nbd_server *s, const char *path, struct vd_err *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t len = strlen(path);
+	int fd;
+
+	if (s->listen_fd >= 0 || s->nr_threads == 0) {
+		return vd_err_set(err, EINVAL, "already listening, or no serving thread");
+	}
+	if (len == 0 || len >= sizeof(sa.sun_path)) {
+		return vd_err_set(err, ENAMETOOLONG, "socket path %s is too long", path);
+	}
+	memcpy(sa.sun_path, path, len + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		return vd_err_set(err, errno, "socket");
+	}
+	(void)unlink(path); /* a stale socket of an earlier server */
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0600) < 0) {
+		int e = errno;
+
+		close(fd);
+		return vd_err_set(err, e, "bind %s", path);
+	}
+	memcpy(s->unix_path, path, len + 1);
+	return listen_fd_common(s, fd, err, path);
+}
+
+int vd_nbd_server_listen_tcp(struct vd_nbd_server *s, const char *addr, uint16_t port,
+			     struct vd_err *err)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC,
+				  .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	char portstr[8];
+	int fd, one = 1, r;
+
+	if (s->listen_fd >= 0 || s->nr_threads == 0) {
+		return vd_err_set(err, EINVAL, "already listening, or no serving thread");
+	}
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	r = getaddrinfo(addr, portstr, &hints, &res);
+	if (r != 0 || res == NULL) {
+		return vd_err_set(err, EINVAL, "address %s: %s", addr != NULL ? addr : "*",
+				  gai_strerror(r));
+	}
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		freeaddrinfo(res);
+		return vd_err_set(err, errno, "socket");
+	}
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
+		int e = errno;
+
+		close(fd);
+		freeaddrinfo(res);
+		return vd_err_set(err, e, "bind %s port %u", addr != NULL ? addr : "*", port);
+	}
+	freeaddrinfo(res);
+	return listen_fd_common(s, fd, err, "tcp");
+}
+
+int vd_nbd_server_fd(const struct vd_nbd_server *s)
+{
+	return s->listen_fd;
+}
+
+unsigned int vd_nbd_server_conns(struct vd_nbd_server *s)
+{
+	unsigned int n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->nr_conns;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+void vd_nbd_server_conn_freed(struct vd_nbd_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->nr_conns--;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Retry a full message ring for a while (the serving thread drains it). */
+static int send_retry(struct nbd_thread *t, void (*fn)(void *), void *arg)
+{
+	for (int i = 0; i < 20000; i++) {
+		int r = t->ops->send(t->arg, fn, arg);
+
+		if (r != -EAGAIN) {
+			return r;
+		}
+		nanosleep(&(struct timespec){ .tv_nsec = 100000 }, NULL);
+	}
+	return -EAGAIN;
+}
+
+struct start_msg {
+	struct nbd_thread *t;
+	int fd;
+};
+
+static void bind_thread(struct nbd_thread *t)
+{
+	if (!t->bound) {
+		t->ops->bind(t->arg, &t->ioctx, &t->iq);
+		t->bound = true;
+	}
+}
+
+static void start_on_thread(void *arg)
+{
+	struct start_msg *m = arg;
+	struct nbd_thread *t = m->t;
+	int fd = m->fd;
+
+	free(m);
+	bind_thread(t);
+	if (__atomic_load_n(&t->srv->stopping, __ATOMIC_ACQUIRE) || t->ioctx == NULL ||
+	    t->iq == NULL) {
+		close(fd);
+		vd_nbd_server_conn_freed(t->srv);
+		return;
+	}
+	vd_nbd_conn_start(t, fd);
+}
+
+void vd_nbd_server_accept(struct vd_nbd_server *s)
+{
+	for (;;) {
+		struct start_msg *m;
+		struct nbd_thread *t;
+		int fd, one = 1;
+
+		if (s->listen_fd < 0) {
+			return;
+		}
+		fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+				vd_log_ratelimited(VD_LOG_WARN, "nbd: accept: %s", strerror(errno));
+			}
+			return;
+		}
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		pthread_mutex_lock(&s->lock);
+		if (s->nr_conns >= s->max_conns || s->stopping) {
+			pthread_mutex_unlock(&s->lock);
+			vd_log_ratelimited(VD_LOG_WARN, "nbd: connection refused: %u connections",
+					   s->max_conns);
+			close(fd);
+			continue;
+		}
+		s->nr_conns++;
+		pthread_mutex_unlock(&s->lock);
+		m = malloc(sizeof(*m));
+		t = &s->threads[s->next_thread++ % s->nr_threads];
+		if (m == NULL) {
+			close(fd);
+			vd_nbd_server_conn_freed(s);
+			continue;
+		}
+		m->t = t;
+		m->fd = fd;
+		if (send_retry(t, start_on_thread, m) < 0) {
+			free(m);
+			close(fd);
+			vd_nbd_server_conn_freed(s);
+		}
+	}
+}
+
+static void kill_on_thread(void *arg)
+{
+	struct nbd_thread *t = arg;
+
+	bind_thread(t);
+	vd_nbd_thread_kill_all(t);
+	vd_nbd_server_conn_freed(t->srv); /* the message's own count */
+}
+
+void vd_nbd_server_stop(struct vd_nbd_server *s)
+{
+	if (s->stopped) {
+		return;
+	}
+	s->stopped = true;
+	if (s->listen_fd >= 0) {
+		close(s->listen_fd);
+		s->listen_fd = -1;
+		if (s->unix_path[0] != '\0') {
+			(void)unlink(s->unix_path);
+		}
+	}
+	pthread_mutex_lock(&s->lock);
+	__atomic_store_n(&s->stopping, true, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&s->lock);
+	for (unsigned int i = 0; i < s->nr_threads; i++) {
+		/* Counted like a connection, so that the wait below covers it. */
+		pthread_mutex_lock(&s->lock);
+		s->nr_conns++;
+		pthread_mutex_unlock(&s->lock);
+		if (send_retry(&s->threads[i], kill_on_thread, &s->threads[i]) < 0) {
+			vd_log(VD_LOG_ERR, "nbd: serving thread %u does not answer", i);
+			vd_nbd_server_conn_freed(s);
+		}
+	}
+	pthread_mutex_lock(&s->lock);
+	while (s->nr_conns > 0) {
+		pthread_cond_wait(&s->cond, &s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+void vd_nbd_server_destroy(struct vd_nbd_server *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	vd_nbd_server_stop(s);
+	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->lock);
+	free(s->export_name);
+	free(s->description);
+	free(s);
+}
