@@ -11,7 +11,11 @@ import math
 import os
 import sys
 
-ORDER = ["fio", "base", "prod", "null-base", "null-prod", "mem-base", "mem-prod"]
+ORDER = ["fio", "base", "prod", "null-base", "null-prod", "mem-base", "mem-prod",
+         "prod-nopg", "prod-nozc", "prod-nofix", "prod-wb", "mem-prod-nopg", "mem-prod-nozc"]
+# prod with one knob changed: persistent grants, zero-copy, registered
+# buffers, cache mode (bench/run.sh variants)
+VARIANTS = ["prod-nopg", "prod-nozc", "prod-nofix", "prod-wb", "mem-prod-nopg", "mem-prod-nozc"]
 
 
 def num(v):
@@ -35,7 +39,7 @@ def main():
         if r["workload"] not in wls:
             wls.append(r["workload"])
         by[(r["workload"], sysname)] = r
-    print("%-16s %-10s %9s %9s %8s %8s %9s" % ("workload", "system", "IOPS", "MB/s",
+    print("%-16s %-11s %9s %9s %8s %8s %9s" % ("workload", "system", "IOPS", "MB/s",
                                              "p50 us", "p99 us", "CPU us/IO"))
     for wl in wls:
         for s in ORDER:
@@ -43,7 +47,7 @@ def main():
             if not r:
                 continue
             flag = "" if r["status"] == "ok" and not r["system"].endswith("!") else "  (errors)"
-            print("%-16s %-10s %9s %9s %8s %8s %9s%s" % (wl, s, r["iops"], r["mbps"], r["p50_us"],
+            print("%-16s %-11s %9s %9s %8s %8s %9s%s" % (wl, s, r["iops"], r["mbps"], r["p50_us"],
                                                        r["p99_us"], r["cpu_us_per_io"], flag))
         print()
     print("ratios (3 = prod, 2 = base, 1 = fio): IOPS (MB/s for 1M), p50 difference prod - fio")
@@ -60,6 +64,26 @@ def main():
             wl, ratio(g("prod"), g("fio")), ratio(g("prod"), g("base")),
             g("prod", "p50_us") - g("fio", "p50_us"),
             ratio(g("null-prod"), g("null-base")), ratio(g("mem-prod"), g("mem-base"))))
+
+    vwls = [wl for wl in wls if any((wl, v) in by for v in VARIANTS)]
+    if vwls:
+        print()
+        print("knobs: prod / variant, IOPS (MB/s for 1M); > 1 means the knob helps")
+        print("%-16s %11s %11s %11s %11s %11s %11s" % (
+            "workload", "persistent", "zero-copy", "reg. bufs", "direct/wb", "mem persist",
+            "mem zc"))
+        for wl in vwls:
+            key = "mbps" if "1m" in wl else "iops"
+
+            def v(s, k=key):
+                r = by.get((wl, s))
+                return num(r[k]) if r else float("nan")
+
+            print("%-16s %11.2f %11.2f %11.2f %11.2f %11.2f %11.2f" % (
+                wl, ratio(v("prod"), v("prod-nopg")), ratio(v("prod"), v("prod-nozc")),
+                ratio(v("prod"), v("prod-nofix")), ratio(v("prod"), v("prod-wb")),
+                ratio(v("mem-prod"), v("mem-prod-nopg")),
+                ratio(v("mem-prod"), v("mem-prod-nozc"))))
 
     systems = [s for s in ORDER if any((wl, s) in by for wl in wls)]
     with open(os.path.join(out, "chart.dat"), "w") as f:

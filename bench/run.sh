@@ -11,6 +11,13 @@
 #   prod   vdisk, simguest with J queues, adaptive polling and batching (3)
 #   null-*, mem-*   the same two vdisk modes on the null and mem io backends:
 #          the datapath's own cost per request, no disk
+#   prod-* variants of prod, one knob changed each (4k QD32 j1 and 1M cases;
+#          nopg and nozc also on the mem image, as mem-prod-*):
+#          prod-nopg  the guest does not offer feature-persistent (grant copy)
+#          prod-nozc  persistent grants, memcpy via bounce pages (zero-copy 0)
+#          prod-nofix no io_uring registered buffers/files (io-fixed 0)
+#          prod-wb    cache writeback (page cache) instead of direct
+#          (prod itself: persistent grants, zero-copy, registered buffers, direct)
 # Workloads: 4k randread/randwrite at QD1 and QD32 with 1 and 2 jobs (fio
 # jobs = vdisk queues for prod; base keeps one queue with the summed depth),
 # 1M sequential read/write at QD8, and the aggregate: 4 guests x 2 disks at
@@ -172,6 +179,8 @@ DOMID=0
 # run_vdisk CASE WORKLOAD SYSTEM ATTACH-ARGS... -- GUEST-ARGS...
 # SYSTEM *base: polling-duration 0; *prod: the daemon's default or BENCH_POLL_*.
 # NGUESTS (default 1) guests at once, one disk each (simguest drives one VBD).
+# BE_KEYS: "key=value ..." written to the backend dir right after attach (read
+# by the worker when the frontend connects).
 run_vdisk() {
 	local c=$1 wl=$2 sys=$3
 	shift 3
@@ -192,6 +201,9 @@ run_vdisk() {
 		vd_attach $g 51712 "${attach[@]}"
 		# the worker applies these live, whenever they are written
 		be=$(vd_be_path $g 51712)
+		for kv in ${BE_KEYS:-}; do
+			vd_xs write "$be/${kv%%=*}" "${kv#*=}"
+		done
 		case $sys in
 		*base) vd_xs write "$be/polling-duration" 0 ;;
 		*)
@@ -216,6 +228,24 @@ run_vdisk() {
 	record "$c" "$wl" "$sys" "$raw" "$cpu"
 }
 
+# prod with one knob changed: PREFIX WORKLOAD ATTACH-ARGS... -- GUEST-ARGS...
+# (PREFIX "mem-": the mem image, where only the grant knobs mean anything)
+variants() {
+	local pre=$1 wl=$2 attach=() gargs=()
+	shift 2
+	while [ "$1" != -- ]; do attach+=("$1"); shift; done
+	shift
+	gargs=("$@")
+	run_vdisk "$wl-${pre}prod-nopg" "$wl" "${pre}prod-nopg" "${attach[@]}" -- "${gargs[@]}" \
+		--no-persistent
+	BE_KEYS="zero-copy=0" run_vdisk "$wl-${pre}prod-nozc" "$wl" "${pre}prod-nozc" \
+		"${attach[@]}" -- "${gargs[@]}"
+	[ -z "$pre" ] || return 0
+	BE_KEYS="io-fixed=0" run_vdisk "$wl-prod-nofix" "$wl" prod-nofix "${attach[@]}" -- \
+		"${gargs[@]}"
+	run_vdisk "$wl-prod-wb" "$wl" prod-wb "${attach[@]}" --cache writeback -- "${gargs[@]}"
+}
+
 # 4k random: WORKLOAD rw qd jobs
 rand_case() {
 	local wl=$1 rw=$2 qd=$3 j=$4 dep img pre att
@@ -234,6 +264,12 @@ rand_case() {
 			--queues "$j" --ring-order "$(ring_order_for "$qd")" --iodepth "$qd" \
 			--rw "$rw" --bs 4k --runtime "$RUNTIME"
 	done
+	if [ "$qd" = 32 ] && [ "$j" = 1 ]; then
+		variants "" "$wl" "$FILE" --format raw -- --queues 1 --ring-order 0 --iodepth 32 \
+			--rw "$rw" --bs 4k --runtime "$RUNTIME"
+		variants mem- "$wl" mem --format raw --io mem --size "$MEM_SIZE" -- --queues 1 \
+			--ring-order 0 --iodepth 32 --rw "$rw" --bs 4k --runtime "$RUNTIME"
+	fi
 }
 
 seq_case() {
@@ -243,6 +279,12 @@ seq_case() {
 		--queues 1 --iodepth 8 --rw "$rw" --bs 1M --runtime "$RUNTIME"
 	run_vdisk "$wl-prod" "$wl" prod "$FILE" --format raw -- \
 		--queues 1 --iodepth 8 --rw "$rw" --bs 1M --runtime "$RUNTIME"
+	variants "" "$wl" "$FILE" --format raw -- --queues 1 --iodepth 8 --rw "$rw" --bs 1M \
+		--runtime "$RUNTIME"
+	run_vdisk "$wl-mem-prod" "$wl" mem-prod mem --format raw --io mem --size "$MEM_SIZE" -- \
+		--queues 1 --iodepth 8 --rw "$rw" --bs 1M --runtime "$RUNTIME"
+	variants mem- "$wl" mem --format raw --io mem --size "$MEM_SIZE" -- --queues 1 \
+		--iodepth 8 --rw "$rw" --bs 1M --runtime "$RUNTIME"
 }
 
 # ---- run ----------------------------------------------------------------------

@@ -115,7 +115,8 @@ struct vd_sg_opts {
 	bool seed_set;
 	bool json;
 	bool verify_initial;
-	bool no_verify; /* benchmarks: no model, writes carry no pattern */
+	bool no_verify;     /* benchmarks: no model, writes carry no pattern */
+	bool no_persistent; /* do not offer feature-persistent */
 	bool help;
 	const char *hostile;
 };
@@ -206,6 +207,7 @@ struct vd_be_features {
 	uint32_t max_indirect; /* 0: none */
 	uint32_t max_queues;
 	uint32_t max_ring_order;
+	bool persistent; /* feature-persistent */
 };
 
 struct vd_front;
@@ -232,6 +234,7 @@ struct vd_front {
 	unsigned int iodepth;  /* slots per queue */
 	unsigned int io_pages; /* data pages per slot */
 	unsigned int max_segs; /* per request, 11 or the indirect maximum */
+	bool persistent;       /* both sides offered feature-persistent */
 	struct vd_fq *q[VD_SG_MAX_QUEUES];
 	vd_publish_tweak_fn tweak;
 	void *tweak_arg;
@@ -273,10 +276,18 @@ struct vd_gio {
 	int lock_idx; /* workload range lock, -1 for none */
 };
 
+/*
+ * With persistent grants (as Linux blkfront) the slot's guest pages and its
+ * indirect pages are granted read-write once, at connect, and reused for
+ * every request; the data is copied between buf (the "bio") and the granted
+ * pages at submit (WRITE) and completion (READ). Without, buf is the guest
+ * pages themselves, granted per request (read-only for a WRITE).
+ */
 struct vd_slot {
 	bool busy;
 	struct vd_gio io;
-	uint8_t *buf; /* io_pages contiguous pages */
+	uint8_t *buf;  /* the data: io_pages bytes (gbuf, or private with persistent) */
+	uint8_t *gbuf; /* io_pages contiguous guest pages */
 	uint64_t buf_page;
 	uint64_t ind_page; /* indirect pages */
 	unsigned int nr_ind_pages;
@@ -284,6 +295,8 @@ struct vd_slot {
 	unsigned int nr_grefs;
 	uint32_t ind_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
 	unsigned int nr_ind_grefs;
+	uint32_t *pgrefs; /* persistent: io_pages refs of the data pages, then the indirect */
+	unsigned int nr_pgrefs;
 };
 
 struct vd_fq {

@@ -511,6 +511,89 @@ static int c_gref_readonly_for_read(struct hctx *h)
 	return H_PASS;
 }
 
+/*
+ * Persistent grants. A read-only grant cannot be mapped writable (as Xen
+ * refuses): the backend must copy from it for a WRITE and refuse a READ
+ * into it. A grant revoked after the backend used it: the backend may keep
+ * a mapping made while it was granted (Xen will not let a guest end a
+ * mapped grant), so OKAY or ERROR; it must not crash, and a ref it never
+ * used that is revoked fails.
+ */
+static int c_persistent_readonly(struct hctx *h)
+{
+	uint64_t ro_pg, rd_pg, off = 8ull * VD_PAGE_SIZE;
+	uint32_t ro_ref, rd_ref, gen = 1000;
+	union hreq r;
+	uint8_t *p;
+
+	snprintf(h->expect, sizeof(h->expect), "OKAY (write), ERROR (read into it)");
+	if (!h->f->persistent) {
+		snprintf(h->got, sizeof(h->got), "feature-persistent not negotiated");
+		return H_SKIP;
+	}
+	if (h_model(h) < 0 || h_data_page(h, true, &ro_pg, &ro_ref) < 0 ||
+	    h_data_page(h, false, &rd_pg, &rd_ref) < 0) {
+		return H_FAIL;
+	}
+	p = vd_gmem_page(&h->f->gmem, ro_pg);
+	vd_model_fill(h->model, p, off, VD_PAGE_SIZE, gen);
+	rw_req(&r, BLKIF_OP_WRITE, off / VD_SECTOR_SIZE, 1, ro_ref, 0, 7);
+	if (h_expect(h, &r, S_OKAY, "write from a read-only grant") != H_PASS) {
+		return H_FAIL;
+	}
+	vd_model_set(h->model, off, VD_PAGE_SIZE, gen);
+	memset(p, 0xab, VD_PAGE_SIZE);
+	if (h_read_one(h, off / VD_SECTOR_SIZE, ro_ref, 0, 7, S_ERROR, "read into it") != H_PASS) {
+		return H_FAIL;
+	}
+	for (unsigned int i = 0; i < VD_PAGE_SIZE; i++) {
+		if (p[i] != 0xab) {
+			snprintf(h->got, sizeof(h->got), "the read-only page was written");
+			return H_FAIL;
+		}
+	}
+	if (h_read_one(h, off / VD_SECTOR_SIZE, rd_ref, 0, 7, S_OKAY, "read back") != H_PASS) {
+		return H_FAIL;
+	}
+	if (vd_model_verify(h->model, vd_gmem_page(&h->f->gmem, rd_pg), off, VD_PAGE_SIZE) != 0) {
+		snprintf(h->got, sizeof(h->got),
+			 "the data written from the read-only grant is wrong");
+		return H_FAIL;
+	}
+	snprintf(h->got, sizeof(h->got), "OKAY, ERROR (page untouched), data read back");
+	return H_PASS;
+}
+
+static int c_persistent_revoked(struct hctx *h)
+{
+	uint64_t pg, pg2;
+	uint32_t ref, ref2;
+
+	snprintf(h->expect, sizeof(h->expect), "OKAY or ERROR after revoking a used grant");
+	if (!h->f->persistent) {
+		snprintf(h->got, sizeof(h->got), "feature-persistent not negotiated");
+		return H_SKIP;
+	}
+	if (h_data_page(h, false, &pg, &ref) < 0 || h_data_page(h, false, &pg2, &ref2) < 0) {
+		return H_FAIL;
+	}
+	if (h_read_one(h, 0, ref, 0, 7, S_OKAY, "read, granted") != H_PASS) {
+		return H_FAIL;
+	}
+	/* Revoke both: ref was used (maybe mapped), ref2 never. */
+	__atomic_store_n(&h->f->gmem.gnttab[ref].flags, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&h->f->gmem.gnttab[ref2].flags, 0, __ATOMIC_RELEASE);
+	if (h_read_one(h, 0, ref, 0, 7, S_OKAY | S_ERROR, "read after revoking") != H_PASS) {
+		return H_FAIL;
+	}
+	if (h_read_one(h, 0, ref2, 0, 7, S_ERROR, "read, never used, revoked") != H_PASS) {
+		return H_FAIL;
+	}
+	/* Granted again (same page): served again. */
+	vd_gmem_grant_set(&h->f->gmem, ref, h->f->be_domid, pg, false);
+	return h_read_one(h, 0, ref, 0, 7, S_OKAY, "read, granted again");
+}
+
 /* ---------------- indirect cases ---------------- */
 
 static bool need_indirect(struct hctx *h)
@@ -1019,6 +1102,8 @@ static const struct hcase g_cases[] = {
 	{ "gref-not-granted", c_gref_not_granted, F_CONNECT | F_SERVES },
 	{ "gref-other-domain", c_gref_other_domain, F_CONNECT | F_SERVES },
 	{ "gref-readonly-for-read", c_gref_readonly_for_read, F_CONNECT | F_SERVES },
+	{ "persistent-readonly", c_persistent_readonly, F_CONNECT | F_SERVES },
+	{ "persistent-revoked", c_persistent_revoked, F_CONNECT | F_SERVES },
 	{ "indirect-zero-segs", c_indirect_zero_segs, F_CONNECT | F_SERVES },
 	{ "indirect-too-many-segs", c_indirect_too_many_segs, F_CONNECT | F_SERVES },
 	{ "indirect-bad-op", c_indirect_bad_op, F_CONNECT | F_SERVES },

@@ -28,6 +28,8 @@ enum {
 	OPT_NO_VERIFY_INITIAL,
 	OPT_NO_VERIFY,
 	OPT_HOSTILE,
+	OPT_PERSISTENT,
+	OPT_NO_PERSISTENT,
 	OPT_HELP,
 };
 
@@ -53,6 +55,8 @@ static const struct option g_longopts[] = {
 	{ "no-verify-initial", no_argument, NULL, OPT_NO_VERIFY_INITIAL },
 	{ "no-verify", no_argument, NULL, OPT_NO_VERIFY },
 	{ "hostile", required_argument, NULL, OPT_HOSTILE },
+	{ "persistent", no_argument, NULL, OPT_PERSISTENT },
+	{ "no-persistent", no_argument, NULL, OPT_NO_PERSISTENT },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -76,6 +80,8 @@ void vd_sg_usage(FILE *f)
 		"  [--iodepth N] [--runtime SECONDS | --ios COUNT] [--flush-every N]\n"
 		"  [--discard-every N] [--seed S] [--json] [--no-verify-initial]\n"
 		"  [--no-verify]  (benchmarks: no data pattern, no read checks)\n"
+		"  [--persistent | --no-persistent]  (feature-persistent: offer it, and\n"
+		"      reuse a fixed set of read-write granted pages; default on, as Linux)\n"
 		"  [--hostile CASE|list]\n");
 }
 
@@ -272,6 +278,12 @@ static int parse_one(struct vd_sg_opts *o, int c, const char *arg, struct vd_err
 		return 0;
 	case OPT_NO_INDIRECT:
 		o->no_indirect = true;
+		return 0;
+	case OPT_PERSISTENT:
+		o->no_persistent = false;
+		return 0;
+	case OPT_NO_PERSISTENT:
+		o->no_persistent = true;
 		return 0;
 	case OPT_RW:
 		if (parse_rw(arg, &o->rw) < 0) {

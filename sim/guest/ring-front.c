@@ -51,6 +51,33 @@ static int ring_setup(struct vd_fq *q)
 	return 0;
 }
 
+/*
+ * Persistent grants (blkfront's persistent_gnts): grant the slot's data and
+ * indirect pages read-write once; requests reuse them and the data is
+ * copied in and out of a private buffer, as blkfront copies bio pages.
+ */
+static int persistent_setup(struct vd_fq *q, struct vd_slot *s)
+{
+	struct vd_front *f = q->f;
+	unsigned int n = f->io_pages + s->nr_ind_pages;
+
+	s->pgrefs = calloc(n, sizeof(*s->pgrefs));
+	s->buf = aligned_alloc(VD_PAGE_SIZE, (size_t)f->io_pages * VD_PAGE_SIZE);
+	if (s->pgrefs == NULL || s->buf == NULL) {
+		return -ENOMEM;
+	}
+	for (unsigned int i = 0; i < n; i++) {
+		uint64_t page = i < f->io_pages ? s->buf_page + i : s->ind_page + (i - f->io_pages);
+		int rc = vd_gmem_grant(&f->gmem, f->be_domid, page, false, &s->pgrefs[i]);
+
+		if (rc < 0) {
+			return rc;
+		}
+		s->nr_pgrefs++;
+	}
+	return 0;
+}
+
 static int slots_setup(struct vd_fq *q)
 {
 	struct vd_front *f = q->f;
@@ -75,13 +102,20 @@ static int slots_setup(struct vd_fq *q)
 		if (rc < 0) {
 			return rc;
 		}
-		s->buf = vd_gmem_page(&f->gmem, s->buf_page);
+		s->gbuf = vd_gmem_page(&f->gmem, s->buf_page);
+		s->buf = s->gbuf;
 		if (ind_pages > 0) {
 			rc = vd_gmem_alloc_pages(&f->gmem, ind_pages, &s->ind_page);
 			if (rc < 0) {
 				return rc;
 			}
 			s->nr_ind_pages = ind_pages;
+		}
+		if (f->persistent) {
+			rc = persistent_setup(q, s);
+			if (rc < 0) {
+				return rc;
+			}
 		}
 		q->free_slot[q->nr_free++] = q->nr_slots - 1 - i;
 	}
@@ -149,6 +183,13 @@ void vd_fq_destroy(struct vd_fq *q)
 		struct vd_slot *s = &q->slot[i];
 
 		slot_ungrant(m, s);
+		for (unsigned int j = 0; j < s->nr_pgrefs; j++) {
+			(void)vd_gmem_ungrant(m, s->pgrefs[j]);
+		}
+		free(s->pgrefs);
+		if (s->buf != s->gbuf) {
+			free(s->buf);
+		}
 		if (s->buf_page != UINT64_MAX) {
 			vd_gmem_free_pages(m, s->buf_page, q->f->io_pages);
 		}
@@ -213,14 +254,19 @@ static int grant_segments(struct vd_fq *q, struct vd_slot *s, struct blkif_reque
 
 	for (unsigned int i = 0; i < nsegs; i++) {
 		uint64_t left = sectors - (uint64_t)i * 8;
-		int rc = vd_gmem_grant(&f->gmem, f->be_domid, s->buf_page + i, readonly,
-				       &s->grefs[i]);
 
-		if (rc < 0) {
-			return rc;
+		if (f->persistent) {
+			seg[i].gref = s->pgrefs[i];
+		} else {
+			int rc = vd_gmem_grant(&f->gmem, f->be_domid, s->buf_page + i, readonly,
+					       &s->grefs[i]);
+
+			if (rc < 0) {
+				return rc;
+			}
+			s->nr_grefs++;
+			seg[i].gref = s->grefs[i];
 		}
-		s->nr_grefs++;
-		seg[i].gref = s->grefs[i];
 		seg[i].first_sect = 0;
 		seg[i].last_sect = (uint8_t)(VD_MIN(left, 8u) - 1);
 	}
@@ -259,6 +305,10 @@ static int build_rw(struct vd_fq *q, struct vd_slot *s, uint64_t id, union vd_wi
 	u->ind.id = id;
 	u->ind.sector_number = s->io.off_bytes / VD_SECTOR_SIZE;
 	for (unsigned int i = 0; i < nind; i++) {
+		if (f->persistent) {
+			u->ind.indirect_grefs[i] = s->pgrefs[f->io_pages + i];
+			continue;
+		}
 		rc = vd_gmem_grant(&f->gmem, f->be_domid, s->ind_page + i, true, &s->ind_grefs[i]);
 		if (rc < 0) {
 			return rc;
@@ -303,6 +353,9 @@ int vd_fq_submit(struct vd_fq *q, struct vd_slot *s)
 	if (rc < 0) {
 		slot_ungrant(&q->f->gmem, s);
 		return rc;
+	}
+	if (s->io.op == BLKIF_OP_WRITE && s->buf != s->gbuf) {
+		memcpy(s->gbuf, s->buf, s->io.len_bytes); /* into the persistent pages */
 	}
 	s->io.submit_ns = vd_now_ns();
 	return vd_fq_put_raw(q, &u, sizeof(u));
@@ -383,6 +436,10 @@ int vd_fq_reap(struct vd_fq *q, vd_slot_done_fn done, void *arg)
 		s = &q->slot[rsp.id];
 		slot_ungrant(&q->f->gmem, s);
 		s->io.status = rsp.status;
+		if (s->io.op == BLKIF_OP_READ && rsp.status == BLKIF_RSP_OKAY &&
+		    s->buf != s->gbuf) {
+			memcpy(s->buf, s->gbuf, s->io.len_bytes); /* out of the persistent pages */
+		}
 		n++;
 		done(arg, q, s);
 	}

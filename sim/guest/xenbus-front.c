@@ -235,6 +235,7 @@ int vd_front_read_features(struct vd_front *f, struct vd_err *err)
 		(uint32_t)read_uint_default(f, "feature-max-indirect-segments", UINT32_MAX, 0);
 	b->max_queues = (uint32_t)read_uint_default(f, "multi-queue-max-queues", UINT32_MAX, 1);
 	b->max_ring_order = (uint32_t)read_uint_default(f, "max-ring-page-order", UINT32_MAX, 0);
+	b->persistent = read_uint_default(f, "feature-persistent", 1, 0) == 1;
 	return 0;
 }
 
@@ -256,6 +257,8 @@ void vd_front_negotiate(struct vd_front *f)
 		}
 	}
 	f->max_segs = segs;
+	/* blkfront: persistent grants when both offer them */
+	f->persistent = !o->no_persistent && f->feat.persistent;
 	f->io_pages = (unsigned int)VD_MAX(VD_DIV_ROUND_UP(o->bs, VD_PAGE_SIZE), 1u);
 	f->io_pages = VD_MIN(f->io_pages, f->max_segs);
 }
@@ -348,7 +351,8 @@ static int write_config(struct vd_front *f, xs_transaction_t t)
 		rc = tx_printf(f, t, d, "protocol", "%s", XEN_IO_PROTO_ABI_X86_64);
 	}
 	if (rc == 0) {
-		rc = tx_printf(f, t, d, "feature-persistent", "%u", 0u);
+		rc = tx_printf(f, t, d, "feature-persistent", "%u",
+			       f->opts->no_persistent ? 0u : 1u);
 	}
 	if (rc == 0 && f->tweak != NULL) {
 		f->tweak(f, t, f->tweak_arg);

@@ -219,7 +219,7 @@ void vd_vbd_make_caps(const struct vd_vbd_conf *c, const struct vd_image_info *i
 		caps->discard_alignment_bytes = info->discard_alignment_bytes;
 	}
 	caps->discard_secure = false;
-	caps->persistent = false;
+	caps->persistent = true; /* the queue maps them if the frontend agrees */
 	caps->max_queues = VD_MIN(VD_MAX(c->max_queues, 1u), (unsigned int)VD_BLKIF_MAX_QUEUES);
 	caps->max_ring_page_order = VD_BLKIF_MAX_RING_PAGE_ORDER;
 	caps->max_indirect_segs = VD_BLKIF_MAX_INDIRECT_SEGS;

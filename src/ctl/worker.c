@@ -371,6 +371,9 @@ static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd
 		qc.on_halt_arg = w;
 		qc.poll_us = w->poll_us;
 		qc.poll_idle_pct = w->poll_idle_pct;
+		qc.persistent = conf->persistent;
+		qc.zero_copy = read_tunable(w, "zero-copy", 1, VD_QUEUE_DEF_ZERO_COPY) != 0;
+		qc.no_io_fixed = read_tunable(w, "io-fixed", 1, 1) == 0;
 		r = vd_queue_create(&qc, &w->queues[i], err);
 		if (r < 0) {
 			goto fail;

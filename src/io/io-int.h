@@ -26,6 +26,17 @@ void vd_ioctx_sqe_set_req(struct io_uring_sqe *sqe, struct vd_file_req *req);
 /* Count req in vd_ioctx_inflight() until its callback runs (idempotent). */
 void vd_ioctx_track(struct vd_ioctx *ctx, struct vd_file_req *req);
 void vd_ioctx_backlog(struct vd_ioctx *ctx, struct vd_file_req *req);
+/*
+ * Registered resources (vd_ioctx_register_buffers/_files): the fixed
+ * buffer index holding [base, base + len) (-1: none); the fixed-file slot
+ * of the file with unique id file_id and fd (registered now if a slot is
+ * free; -1: use the fd).
+ */
+int vd_ioctx_fixed_buf(const struct vd_ioctx *ctx, const void *base, size_t len);
+int vd_ioctx_fixed_file(struct vd_ioctx *ctx, uint64_t file_id, int fd);
+/* A process-unique id for a newly opened file (never 0, never reused). */
+uint64_t vd_io_new_file_id(void);
+
 /* Tests: force single-shot (re-armed) polls instead of multishot. */
 void vd_ioctx_set_multishot(struct vd_ioctx *ctx, bool on);
 bool vd_ioctx_multishot(const struct vd_ioctx *ctx);

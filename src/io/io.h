@@ -21,6 +21,7 @@
 #define VD_IO_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
 #include "common/err.h"
@@ -185,6 +186,26 @@ void vd_ioctx_unwatch_fd(struct vd_ioctx *ctx, int fd);
 typedef void (*vd_ioctx_msg_fn)(void *arg);
 int vd_ioctx_msgs_enable(struct vd_ioctx *ctx);
 int vd_ioctx_send_msg(struct vd_ioctx *ctx, vd_ioctx_msg_fn fn, void *arg);
+
+/*
+ * io_uring registered resources (optional speed-ups; owner thread, or the
+ * creating thread before it hands ctx over). Everything works without them.
+ *
+ * register_buffers: the one region [base, base + len_bytes) (page-aligned,
+ * at most 1 GiB) becomes io_uring fixed buffer 0 (replacing any earlier
+ * one); from then on a READ/WRITE whose iov is one element inside it goes
+ * as READ_FIXED/WRITE_FIXED (no page pinning per I/O). The region must stay
+ * mapped until vd_ioctx_destroy. -errno (ENOMEM: RLIMIT_MEMLOCK, EOPNOTSUPP)
+ * and nothing changes if the kernel refuses.
+ *
+ * register_files: a table of nr_slots fixed files; each file of an fd
+ * backend (uring) is registered at its first request on ctx and then used
+ * with IOSQE_FIXED_FILE. Slots are never reused: when they run out, files
+ * go by fd as before. A registered file stays referenced by the ring until
+ * vd_ioctx_destroy, even after vd_file_close. -errno if unsupported.
+ */
+int vd_ioctx_register_buffers(struct vd_ioctx *ctx, void *base, size_t len_bytes);
+int vd_ioctx_register_files(struct vd_ioctx *ctx, unsigned int nr_slots);
 
 /* For backends: finish req later, from vd_ioctx_poll(). */
 void vd_ioctx_complete(struct vd_ioctx *ctx, struct vd_file_req *req, int64_t result);

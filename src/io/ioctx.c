@@ -54,6 +54,12 @@ struct vd_ioctx {
 	struct watch *watches; /* live */
 	struct watch *dying;   /* unwatched, waiting for their final CQE */
 	struct msg_ring *msgs; /* NULL until vd_ioctx_msgs_enable */
+	/* registered resources */
+	uint8_t *fixed_base; /* fixed buffer 0, NULL if none */
+	size_t fixed_len;
+	uint64_t *fixed_files; /* slot -> file id (0: free); NULL if none */
+	unsigned int nr_fixed_files;
+	unsigned int fixed_files_used;
 };
 
 static_assert(_Alignof(struct vd_file_req) >= 8, "tag bits need 8-byte alignment");
@@ -248,6 +254,7 @@ void vd_ioctx_destroy(struct vd_ioctx *ctx)
 	io_uring_queue_exit(&ctx->ring);
 	free_list(ctx->watches);
 	free_list(ctx->dying);
+	free(ctx->fixed_files);
 	for (r = ctx->done_head; r; r = r->next_done) {
 		free(r->rest_iov);
 		r->rest_iov = NULL;
@@ -261,6 +268,98 @@ void vd_ioctx_destroy(struct vd_ioctx *ctx)
 		free(ctx->msgs);
 	}
 	free(ctx);
+}
+
+/* ---- registered buffers and files ---- */
+
+int vd_ioctx_register_buffers(struct vd_ioctx *ctx, void *base, size_t len_bytes)
+{
+	struct iovec iov = { .iov_base = base, .iov_len = len_bytes };
+	int ret;
+
+	if (!base || len_bytes == 0 || len_bytes > (1ull << 30)) {
+		return -EINVAL;
+	}
+	if (ctx->fixed_base) {
+		(void)io_uring_unregister_buffers(&ctx->ring);
+		ctx->fixed_base = NULL;
+		ctx->fixed_len = 0;
+	}
+	ret = io_uring_register_buffers(&ctx->ring, &iov, 1);
+	if (ret < 0) {
+		return ret;
+	}
+	ctx->fixed_base = base;
+	ctx->fixed_len = len_bytes;
+	return 0;
+}
+
+int vd_ioctx_fixed_buf(const struct vd_ioctx *ctx, const void *base, size_t len)
+{
+	const uint8_t *p = base;
+
+	if (ctx->fixed_base && p >= ctx->fixed_base && len <= ctx->fixed_len &&
+	    (size_t)(p - ctx->fixed_base) <= ctx->fixed_len - len) {
+		return 0;
+	}
+	return -1;
+}
+
+int vd_ioctx_register_files(struct vd_ioctx *ctx, unsigned int nr_slots)
+{
+	int ret;
+
+	if (nr_slots == 0 || nr_slots > 1024) {
+		return -EINVAL;
+	}
+	if (ctx->fixed_files) {
+		return -EBUSY;
+	}
+	ctx->fixed_files = calloc(nr_slots, sizeof(*ctx->fixed_files));
+	if (!ctx->fixed_files) {
+		return -ENOMEM;
+	}
+	ret = io_uring_register_files_sparse(&ctx->ring, nr_slots);
+	if (ret < 0) {
+		free(ctx->fixed_files);
+		ctx->fixed_files = NULL;
+		return ret;
+	}
+	ctx->nr_fixed_files = nr_slots;
+	return 0;
+}
+
+int vd_ioctx_fixed_file(struct vd_ioctx *ctx, uint64_t file_id, int fd)
+{
+	unsigned int i;
+	int ret;
+
+	if (!ctx->fixed_files || file_id == 0 || fd < 0) {
+		return -1;
+	}
+	for (i = 0; i < ctx->fixed_files_used; i++) {
+		if (ctx->fixed_files[i] == file_id) {
+			return (int)i;
+		}
+	}
+	if (ctx->fixed_files_used == ctx->nr_fixed_files) {
+		return -1;
+	}
+	ret = io_uring_register_files_update(&ctx->ring, ctx->fixed_files_used, &fd, 1);
+	if (ret != 1) {
+		/* the kernel will not take it: stop trying on this ring */
+		ctx->fixed_files_used = ctx->nr_fixed_files;
+		return -1;
+	}
+	ctx->fixed_files[ctx->fixed_files_used] = file_id;
+	return (int)ctx->fixed_files_used++;
+}
+
+uint64_t vd_io_new_file_id(void)
+{
+	static atomic_uint_fast64_t next = 1;
+
+	return (uint64_t)atomic_fetch_add(&next, 1);
 }
 
 struct io_uring *vd_ioctx_uring(struct vd_ioctx *ctx)

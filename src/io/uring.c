@@ -12,9 +12,19 @@
 
 #define MAX_RETRIES 16
 
+struct uring_file {
+	uint64_t id; /* for the fixed-file tables of the ioctxs (vd_ioctx_fixed_file) */
+};
+
+static struct uring_file *uf(struct vd_file *f)
+{
+	return (struct uring_file *)f->state;
+}
+
 static int uring_open(struct vd_file *f, const char *path, const struct vd_file_opts *o,
 		      struct vd_err *err)
 {
+	uf(f)->id = vd_io_new_file_id();
 	return vd_fd_open(f, path, o, err);
 }
 
@@ -28,6 +38,7 @@ static void uring_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file
 	struct io_uring_sqe *sqe;
 	struct iovec *iov = NULL;
 	int iovcnt = 0;
+	int buf_idx, file_idx;
 	int ret;
 
 	if (req->op == VD_IO_READ || req->op == VD_IO_WRITE) {
@@ -48,14 +59,28 @@ static void uring_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file
 		vd_ioctx_backlog(ctx, req);
 		return;
 	}
+	/* One buffer inside the registered region: the FIXED variants. */
+	buf_idx = iovcnt == 1 ? vd_ioctx_fixed_buf(ctx, iov[0].iov_base, iov[0].iov_len) : -1;
 	switch (req->op) {
 	case VD_IO_READ:
-		io_uring_prep_readv(sqe, f->fd, iov, (unsigned int)iovcnt,
-				    req->offset_bytes + req->done_bytes);
+		if (buf_idx >= 0) {
+			io_uring_prep_read_fixed(sqe, f->fd, iov[0].iov_base,
+						 (unsigned int)iov[0].iov_len,
+						 req->offset_bytes + req->done_bytes, buf_idx);
+		} else {
+			io_uring_prep_readv(sqe, f->fd, iov, (unsigned int)iovcnt,
+					    req->offset_bytes + req->done_bytes);
+		}
 		break;
 	case VD_IO_WRITE:
-		io_uring_prep_writev(sqe, f->fd, iov, (unsigned int)iovcnt,
-				     req->offset_bytes + req->done_bytes);
+		if (buf_idx >= 0) {
+			io_uring_prep_write_fixed(sqe, f->fd, iov[0].iov_base,
+						  (unsigned int)iov[0].iov_len,
+						  req->offset_bytes + req->done_bytes, buf_idx);
+		} else {
+			io_uring_prep_writev(sqe, f->fd, iov, (unsigned int)iovcnt,
+					     req->offset_bytes + req->done_bytes);
+		}
 		break;
 	case VD_IO_FLUSH:
 		io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
@@ -65,6 +90,11 @@ static void uring_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file
 					vd_fd_falloc_mode(req->op, req->attempt ? 1 : 0),
 					(off_t)req->offset_bytes, (off_t)req->len_bytes);
 		break;
+	}
+	file_idx = vd_ioctx_fixed_file(ctx, uf(f)->id, f->fd);
+	if (file_idx >= 0) {
+		sqe->fd = file_idx;
+		sqe->flags |= IOSQE_FIXED_FILE;
 	}
 	vd_ioctx_sqe_set_req(sqe, req);
 }
@@ -145,7 +175,7 @@ static int uring_resize(struct vd_file *f, uint64_t size_bytes)
 
 const struct vd_io_backend vd_uring_backend = {
 	.name = "uring",
-	.file_state_size = 0,
+	.file_state_size = sizeof(struct uring_file),
 	.open = uring_open,
 	.close = uring_close,
 	.submit = uring_submit,

@@ -12,6 +12,25 @@
 #define VD_QUEUE_GCOPY_BATCH    1024 /* grant-copy segments per hypercall */
 #define VD_QUEUE_MIN_POOL_PAGES 512  /* >= one max indirect request (256) twice */
 #define VD_QUEUE_DEF_POOL_PAGES 4096 /* 16 MiB of bounce pages per queue at most */
+#define VD_QUEUE_FIXED_FILES    16   /* io_uring fixed-file slots (image chain) */
+
+#define VD_QUEUE_PGRANT_IDLE_NS 1000000000ull /* an unused grant this old may be evicted */
+
+/*
+ * One persistently mapped guest page (blkback's persistent_gnt). Mapped
+ * writable on first use of its gref; found again through a hash on gref.
+ * users counts the requests holding it: while non-zero it is not on the
+ * LRU and cannot be evicted (zero-copy I/O may be in flight on it).
+ */
+struct vd_pgrant {
+	uint32_t gref;
+	uint32_t users;
+	void *addr; /* the mapping; NULL while on the free list */
+	uint64_t last_ns;
+	struct vd_pgrant *hnext;    /* hash chain */
+	TAILQ_ENTRY(vd_pgrant) lru; /* unused mapped (LRU order) or free */
+};
+TAILQ_HEAD(vd_pgrant_list, vd_pgrant);
 
 enum qreq_stage {
 	QREQ_FREE,
@@ -26,12 +45,15 @@ struct vd_qreq {
 	struct vd_io io;
 	enum qreq_stage stage;
 	bool grant_failed;    /* some grant-copy segment failed */
-	uint8_t barrier_step; /* WRITE_BARRIER: 0 flush, 1 write, 2 flush */
+	bool zero_copy;       /* iov points into mapped guest pages */
+	uint8_t barrier_step; /* WRITE_BARRIER, FLUSH with data: 0 flush, 1 write, 2 flush */
 	int64_t result;       /* from the image: bytes or -errno */
 	uint64_t start_ns;
 	unsigned int nr_pages;
 	uint32_t *pages;           /* pool page indices, VD_BLKIF_MAX_SEGS */
 	struct iovec *iov;         /* one per page, VD_BLKIF_MAX_SEGS */
+	struct vd_pgrant **pg;     /* per segment: its persistent grant or NULL */
+	unsigned int nr_pg;        /* entries of pg in use (0 or nr_segs) */
 	void *indirect_page;       /* private copy of the indirect segment page */
 	TAILQ_ENTRY(vd_qreq) link; /* free list, wait list or done list */
 };
@@ -74,11 +96,21 @@ struct vd_queue {
 	void *driver_ctx;     /* nr_reqs * io_ctx_size */
 
 	struct vd_gbatch *gbatch; /* reused for each hypercall */
-	uint64_t now_ns;          /* read once per turn of the loop */
-	bool need_notify;         /* responses pushed, kick pending */
-	bool halted;              /* protocol violation: ring no longer read */
-	bool stopping;            /* draining for vd_queue_stop */
-	bool exit;                /* thread loop ends */
+
+	/* Persistent grants: a preallocated set, a hash on gref, an LRU. */
+	struct vd_pgrant *pgrants; /* nr_pgrants entries */
+	uint32_t nr_pgrants;
+	struct vd_pgrant **pg_hash; /* pg_mask + 1 chains */
+	uint32_t pg_mask;
+	struct vd_pgrant_list pg_free; /* unmapped entries */
+	struct vd_pgrant_list pg_lru;  /* mapped, unused: least recently used first */
+	bool zero_copy;                /* cfg.zero_copy, off after a fault */
+
+	uint64_t now_ns;  /* read once per turn of the loop */
+	bool need_notify; /* responses pushed, kick pending */
+	bool halted;      /* protocol violation: ring no longer read */
+	bool stopping;    /* draining for vd_queue_stop */
+	bool exit;        /* thread loop ends */
 
 	/* Adaptive polling: settings from any thread, state the thread's alone. */
 	uint32_t poll_us_set;       /* atomic: vd_queue_set_polling */

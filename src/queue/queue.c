@@ -37,10 +37,18 @@ static unsigned int pages_needed(const struct vd_qreq *qr)
 	case BLKIF_OP_READ:
 	case BLKIF_OP_WRITE:
 	case BLKIF_OP_WRITE_BARRIER:
+	case BLKIF_OP_FLUSH_DISKCACHE: /* a flush may carry data: len_bytes 0 if not */
 		return (unsigned int)VD_DIV_ROUND_UP(qr->breq.len_bytes, VD_PAGE_SIZE);
 	default:
 		return 0;
 	}
+}
+
+/* Requests whose data goes to the disk. */
+static bool writes_data(const struct vd_qreq *qr)
+{
+	return qr->breq.op != BLKIF_OP_READ && qr->breq.op != BLKIF_OP_DISCARD &&
+	       qr->breq.len_bytes > 0;
 }
 
 /* Take n pages and describe them as the request's iovec. */
@@ -77,6 +85,171 @@ static void pages_put(struct vd_queue *q, struct vd_qreq *qr)
 		q->free_pages[q->nr_free_pages++] = qr->pages[i];
 	}
 	qr->nr_pages = 0;
+}
+
+/* ---- persistent grants ---- */
+
+static inline uint32_t pg_bucket(const struct vd_queue *q, uint32_t gref)
+{
+	return (gref * 2654435761u) & q->pg_mask;
+}
+
+static struct vd_pgrant *pg_find(struct vd_queue *q, uint32_t gref)
+{
+	struct vd_pgrant *pg = q->pg_hash[pg_bucket(q, gref)];
+
+	while (pg != NULL && pg->gref != gref) {
+		pg = pg->hnext;
+	}
+	return pg;
+}
+
+static void pg_unhash(struct vd_queue *q, struct vd_pgrant *pg)
+{
+	struct vd_pgrant **pp = &q->pg_hash[pg_bucket(q, pg->gref)];
+
+	while (*pp != pg) {
+		pp = &(*pp)->hnext;
+	}
+	*pp = pg->hnext;
+	pg->hnext = NULL;
+}
+
+/*
+ * A free entry: an unmapped one, or the least recently used unused mapping
+ * if it has been idle long enough (so that a working set larger than the
+ * set does not turn every request into a map and an unmap; the excess is
+ * copied instead, as blkback does).
+ */
+static struct vd_pgrant *pg_alloc(struct vd_queue *q)
+{
+	struct vd_pgrant *pg = TAILQ_FIRST(&q->pg_free);
+
+	if (pg != NULL) {
+		TAILQ_REMOVE(&q->pg_free, pg, lru);
+		return pg;
+	}
+	pg = TAILQ_FIRST(&q->pg_lru);
+	if (pg == NULL || pg->last_ns + VD_QUEUE_PGRANT_IDLE_NS > q->now_ns) {
+		VD_STAT_ADD(q, pgrant_full, 1);
+		return NULL;
+	}
+	TAILQ_REMOVE(&q->pg_lru, pg, lru);
+	pg_unhash(q, pg);
+	(void)vd_gnt_unmap(q->gnt, pg->addr, 1);
+	pg->addr = NULL;
+	VD_STAT_ADD(q, pgrant_evictions, 1);
+	return pg;
+}
+
+/*
+ * The persistent mapping of gref, held for the caller (pg_put releases it),
+ * or NULL: not negotiated, the set is full, or the map was refused (a
+ * read-only grant, not granted to us): the caller copies instead.
+ */
+static struct vd_pgrant *pg_get(struct vd_queue *q, uint32_t gref)
+{
+	struct vd_pgrant *pg;
+	int status = GNTST_okay;
+
+	if (q->nr_pgrants == 0) {
+		return NULL;
+	}
+	pg = pg_find(q, gref);
+	if (pg != NULL) {
+		if (pg->users++ == 0) {
+			TAILQ_REMOVE(&q->pg_lru, pg, lru);
+		}
+		pg->last_ns = q->now_ns;
+		VD_STAT_ADD(q, pgrant_hits, 1);
+		return pg;
+	}
+	pg = pg_alloc(q);
+	if (pg == NULL) {
+		return NULL;
+	}
+	/* Writable, as blkback maps persistent grants: reads land in them. */
+	pg->addr = vd_gnt_map(q->gnt, q->cfg.domid, &gref, 1, true, &status);
+	if (pg->addr == NULL) {
+		TAILQ_INSERT_HEAD(&q->pg_free, pg, lru);
+		VD_STAT_ADD(q, pgrant_map_fails, 1);
+		QLOG_RL(q, VD_LOG_WARN, "persistent map of ref %" PRIu32 " refused (%d): copying",
+			gref, status);
+		return NULL;
+	}
+	VD_STAT_ADD(q, pgrant_maps, 1);
+	pg->gref = gref;
+	pg->users = 1;
+	pg->last_ns = q->now_ns;
+	pg->hnext = q->pg_hash[pg_bucket(q, gref)];
+	q->pg_hash[pg_bucket(q, gref)] = pg;
+	return pg;
+}
+
+static void pg_put(struct vd_queue *q, struct vd_pgrant *pg)
+{
+	assert(pg->users > 0);
+	if (--pg->users == 0) {
+		TAILQ_INSERT_TAIL(&q->pg_lru, pg, lru);
+	}
+}
+
+/* Take the persistent grants of every data segment (NULL where none). */
+static void pg_get_segs(struct vd_queue *q, struct vd_qreq *qr)
+{
+	for (unsigned int i = 0; i < qr->breq.nr_segs; i++) {
+		qr->pg[i] = pg_get(q, qr->breq.seg[i].gref);
+	}
+	qr->nr_pg = qr->breq.nr_segs;
+}
+
+static void pg_put_segs(struct vd_queue *q, struct vd_qreq *qr)
+{
+	for (unsigned int i = 0; i < qr->nr_pg; i++) {
+		if (qr->pg[i] != NULL) {
+			pg_put(q, qr->pg[i]);
+			qr->pg[i] = NULL;
+		}
+	}
+	qr->nr_pg = 0;
+}
+
+/*
+ * Zero-copy: every segment is mapped and whole 4 KiB-aligned pieces (what
+ * O_DIRECT needs on any file; blkfront sends whole pages). The iov then
+ * points into the guest's pages: READ data lands there, WRITE data leaves
+ * from there (the guest may change it in flight and only hurts itself, as
+ * with blkback; nothing we check depends on it).
+ */
+static bool zero_copy_ok(const struct vd_qreq *qr)
+{
+	for (unsigned int i = 0; i < qr->breq.nr_segs; i++) {
+		const struct vd_blkif_seg *seg = &qr->breq.seg[i];
+
+		if (qr->pg[i] == NULL || seg->first_sect != 0 || seg->last_sect != 7) {
+			return false;
+		}
+	}
+	return qr->breq.nr_segs > 0;
+}
+
+static void zero_copy_iov(struct vd_qreq *qr)
+{
+	qr->io.iovcnt = 0;
+	for (unsigned int i = 0; i < qr->breq.nr_segs; i++) {
+		uint8_t *p = qr->pg[i]->addr;
+		struct iovec *last = qr->io.iovcnt ? &qr->iov[qr->io.iovcnt - 1] : NULL;
+
+		if (last && (uint8_t *)last->iov_base + last->iov_len == p) {
+			last->iov_len += VD_PAGE_SIZE;
+		} else {
+			qr->iov[qr->io.iovcnt].iov_base = p;
+			qr->iov[qr->io.iovcnt].iov_len = VD_PAGE_SIZE;
+			qr->io.iovcnt++;
+		}
+	}
+	qr->io.iov = qr->iov;
+	qr->zero_copy = true;
 }
 
 /* ---- grant copy batches ---- */
@@ -124,25 +297,35 @@ static void gbatch_add(struct vd_queue *q, struct vd_qreq *qr, uint32_t gref,
 }
 
 /*
- * The request's data is the concatenation of its segments; in the bounce
- * pages it is packed from byte 0, so a segment may straddle two pages.
+ * Move the request's data between the guest and the bounce pages: memcpy
+ * for persistently mapped segments, the batched grant copy for the rest.
+ * The data is the concatenation of the segments; in the bounce pages it is
+ * packed from byte 0, so a segment may straddle two pages.
  */
-static void gbatch_add_data(struct vd_queue *q, struct vd_qreq *qr, bool to_guest)
+static void move_data(struct vd_queue *q, struct vd_qreq *qr, bool to_guest)
 {
 	uint64_t pos = 0;
 
 	for (unsigned int i = 0; i < qr->breq.nr_segs; i++) {
 		const struct vd_blkif_seg *seg = &qr->breq.seg[i];
+		const struct vd_pgrant *pg = i < qr->nr_pg ? qr->pg[i] : NULL;
 		uint32_t goff = (uint32_t)seg->first_sect * VD_SECTOR_SIZE;
 		uint32_t len = ((uint32_t)seg->last_sect - seg->first_sect + 1) * VD_SECTOR_SIZE;
 
 		while (len > 0) {
 			uint32_t poff = (uint32_t)(pos % VD_PAGE_SIZE);
 			uint32_t chunk = VD_MIN(len, VD_PAGE_SIZE - poff);
-			void *local = (uint8_t *)page_addr(q, qr->pages[pos / VD_PAGE_SIZE]) + poff;
+			uint8_t *local =
+				(uint8_t *)page_addr(q, qr->pages[pos / VD_PAGE_SIZE]) + poff;
 
-			gbatch_add(q, qr, seg->gref, (uint16_t)goff, (uint16_t)chunk, local,
-				   to_guest);
+			if (pg != NULL && to_guest) {
+				memcpy((uint8_t *)pg->addr + goff, local, chunk);
+			} else if (pg != NULL) {
+				memcpy(local, (const uint8_t *)pg->addr + goff, chunk);
+			} else {
+				gbatch_add(q, qr, seg->gref, (uint16_t)goff, (uint16_t)chunk, local,
+					   to_guest);
+			}
 			pos += chunk;
 			goff += chunk;
 			len -= chunk;
@@ -163,6 +346,8 @@ static void respond(struct vd_queue *q, struct vd_qreq *qr, int16_t status)
 		VD_STAT_ADD(q, errors, 1);
 	}
 	pages_put(q, qr);
+	pg_put_segs(q, qr);
+	qr->zero_copy = false;
 	qr->stage = QREQ_FREE;
 	TAILQ_INSERT_HEAD(&q->free_reqs, qr, link);
 	q->need_notify = true;
@@ -222,14 +407,12 @@ static void submit_io(struct vd_queue *q, struct vd_qreq *qr)
 	case BLKIF_OP_WRITE:
 		submit_stage(q, qr, VD_IO_WRITE);
 		break;
-	case BLKIF_OP_FLUSH_DISKCACHE:
-		submit_stage(q, qr, VD_IO_FLUSH);
-		break;
 	case BLKIF_OP_DISCARD:
 		submit_stage(q, qr, VD_IO_DISCARD);
 		break;
+	case BLKIF_OP_FLUSH_DISKCACHE:
 	case BLKIF_OP_WRITE_BARRIER:
-		/* Everything before it has completed (start_waiting drained). */
+		/* A barrier: everything before it has completed (start_waiting drained). */
 		qr->barrier_step = 0;
 		submit_stage(q, qr, VD_IO_FLUSH);
 		break;
@@ -244,22 +427,48 @@ static void io_done(struct vd_io *io, int64_t result)
 	struct vd_qreq *qr = vd_container_of(io, struct vd_qreq, io);
 	struct vd_queue *q = io->cb_arg;
 
-	/* A barrier is flush, write (if it carries data), flush: like FUA. */
-	if (qr->breq.op == BLKIF_OP_WRITE_BARRIER && result >= 0 && qr->barrier_step < 2) {
-		qr->barrier_step++;
-		if (qr->barrier_step == 1 && qr->breq.nr_segs > 0) {
-			submit_stage(q, qr, VD_IO_WRITE);
-		} else {
-			qr->barrier_step = 2;
-			submit_stage(q, qr, VD_IO_FLUSH);
+	/*
+	 * A barrier, and a flush that carries data (blkback: a write with
+	 * REQ_PREFLUSH; blkfront sends FUA writes so), are flush, write, flush.
+	 * A flush without data is one flush.
+	 */
+	if (qr->breq.op == BLKIF_OP_WRITE_BARRIER ||
+	    (qr->breq.op == BLKIF_OP_FLUSH_DISKCACHE && qr->breq.len_bytes > 0)) {
+		if (result >= 0 && qr->barrier_step < 2) {
+			qr->barrier_step++;
+			if (qr->barrier_step == 1 && qr->breq.len_bytes > 0) {
+				submit_stage(q, qr, VD_IO_WRITE);
+			} else {
+				qr->barrier_step = 2;
+				submit_stage(q, qr, VD_IO_FLUSH);
+			}
+			return;
 		}
-		return;
 	}
 	q->nr_io--;
+	if (qr->zero_copy && result == -EFAULT) {
+		/*
+		 * The kernel could not reach the mapped guest pages for O_DIRECT
+		 * (a grant mapping it cannot pin): go through the bounce pages,
+		 * now and from now on.
+		 */
+		if (q->zero_copy) {
+			QLOG(q, VD_LOG_WARN, "zero-copy I/O faulted: using bounce pages");
+		}
+		q->zero_copy = false;
+		qr->zero_copy = false;
+		pg_put_segs(q, qr);
+		if (qr == q->barrier) {
+			q->barrier = NULL;
+		}
+		qr->stage = QREQ_WAITING;
+		TAILQ_INSERT_HEAD(&q->waiting, qr, link);
+		return;
+	}
 	qr->result = result;
 	qr->stage = QREQ_DONE;
-	if (qr->breq.op == BLKIF_OP_READ && result >= 0) {
-		gbatch_add_data(q, qr, true);
+	if (qr->breq.op == BLKIF_OP_READ && result >= 0 && !qr->zero_copy) {
+		move_data(q, qr, true);
 	}
 	TAILQ_INSERT_TAIL(&q->done, qr, link);
 }
@@ -278,6 +487,7 @@ static void count_done(struct vd_queue *q, const struct vd_qreq *qr)
 		break;
 	case BLKIF_OP_FLUSH_DISKCACHE:
 		VD_STAT_ADD(q, reqs_flush, 1);
+		VD_STAT_ADD(q, bytes_written, qr->breq.len_bytes);
 		break;
 	case BLKIF_OP_DISCARD:
 		VD_STAT_ADD(q, reqs_discard, 1);
@@ -341,17 +551,28 @@ static bool start_waiting(struct vd_queue *q)
 			}
 			q->barrier = qr;
 		}
+		if (n > 0 && q->nr_pgrants > 0) {
+			pg_get_segs(q, qr);
+			if (q->zero_copy && zero_copy_ok(qr)) {
+				n = 0;
+				zero_copy_iov(qr);
+				VD_STAT_ADD(q, zero_copy_reqs, 1);
+			}
+		}
 		if (n > q->nr_free_pages) {
 			VD_STAT_ADD(q, pool_stalls, 1);
+			pg_put_segs(q, qr);
 			if (q->barrier == qr) {
 				q->barrier = NULL;
 			}
 			break;
 		}
 		TAILQ_REMOVE(&q->waiting, qr, link);
-		pages_get(q, qr, n);
-		if (qr->breq.op == BLKIF_OP_WRITE || qr->breq.op == BLKIF_OP_WRITE_BARRIER) {
-			gbatch_add_data(q, qr, false);
+		if (!qr->zero_copy) {
+			pages_get(q, qr, n);
+			if (writes_data(qr)) {
+				move_data(q, qr, false);
+			}
 		}
 		TAILQ_INSERT_TAIL(&ready, qr, link);
 		any = true;
@@ -424,18 +645,26 @@ static bool consume_ring(struct vd_queue *q)
 	while (pending-- > 0 && (qr = TAILQ_FIRST(&q->free_reqs)) != NULL) {
 		TAILQ_REMOVE(&q->free_reqs, qr, link);
 		qr->grant_failed = false;
+		qr->zero_copy = false;
 		qr->nr_pages = 0;
+		qr->nr_pg = 0;
 		qr->start_ns = q->now_ns;
 		vd_blkif_ring_get(&q->ring, &qr->breq);
 		status = vd_blkif_req_validate(&qr->breq, &q->cfg.limits, &why);
 		if (reject(q, qr, status, why)) {
 			continue;
 		}
-		if (qr->breq.indirect) {
-			for (unsigned int i = 0; i < qr->breq.nr_indirect_pages; i++) {
+		for (unsigned int i = 0; qr->breq.indirect && i < qr->breq.nr_indirect_pages; i++) {
+			/* blkfront grants indirect pages persistently too */
+			uint8_t *local = (uint8_t *)qr->indirect_page + (size_t)i * VD_PAGE_SIZE;
+			struct vd_pgrant *pg = pg_get(q, qr->breq.indirect_grefs[i]);
+
+			if (pg != NULL) {
+				memcpy(local, pg->addr, VD_PAGE_SIZE);
+				pg_put(q, pg);
+			} else {
 				gbatch_add(q, qr, qr->breq.indirect_grefs[i], 0, VD_PAGE_SIZE,
-					   (uint8_t *)qr->indirect_page + (size_t)i * VD_PAGE_SIZE,
-					   false);
+					   local, false);
 			}
 		}
 		TAILQ_INSERT_TAIL(&fetched, qr, link);
@@ -718,7 +947,10 @@ static int alloc_reqs(struct vd_queue *q, struct vd_err *err)
 
 		qr->pages = calloc(VD_BLKIF_MAX_SEGS, sizeof(*qr->pages));
 		qr->iov = calloc(VD_BLKIF_MAX_SEGS, sizeof(*qr->iov));
-		if (!qr->pages || !qr->iov) {
+		/* an array of pointers, as meant */
+		qr->pg = calloc(VD_BLKIF_MAX_SEGS,
+				sizeof(*qr->pg)); /* NOLINT(bugprone-sizeof-expression) */
+		if (!qr->pages || !qr->iov || !qr->pg) {
 			return vd_err_set(err, ENOMEM, "queue %u: allocating requests",
 					  q->cfg.index);
 		}
@@ -728,6 +960,54 @@ static int alloc_reqs(struct vd_queue *q, struct vd_err *err)
 		TAILQ_INSERT_TAIL(&q->free_reqs, qr, link);
 	}
 	return 0;
+}
+
+/* The persistent grant set, sized once: no allocation per request. */
+static int alloc_pgrants(struct vd_queue *q, struct vd_err *err)
+{
+	uint32_t n = q->cfg.max_persistent_grants ? q->cfg.max_persistent_grants
+						  : VD_QUEUE_DEF_MAX_PGRANTS;
+	uint32_t buckets = 1;
+
+	TAILQ_INIT(&q->pg_free);
+	TAILQ_INIT(&q->pg_lru);
+	if (!q->cfg.persistent) {
+		return 0;
+	}
+	n = VD_MIN(n, (uint32_t)VD_QUEUE_MAX_PGRANTS);
+	while (buckets < 2 * n) {
+		buckets <<= 1;
+	}
+	q->pgrants = calloc(n, sizeof(*q->pgrants));
+	/* chain heads: an array of pointers, as meant */
+	q->pg_hash = calloc(buckets, sizeof(*q->pg_hash)); /* NOLINT(bugprone-sizeof-expression) */
+	if (q->pgrants == NULL || q->pg_hash == NULL) {
+		return vd_err_set(err, ENOMEM, "queue %u: %" PRIu32 " persistent grants",
+				  q->cfg.index, n);
+	}
+	q->nr_pgrants = n;
+	q->pg_mask = buckets - 1;
+	for (uint32_t i = 0; i < n; i++) {
+		TAILQ_INSERT_TAIL(&q->pg_free, &q->pgrants[i], lru);
+	}
+	q->zero_copy = q->cfg.zero_copy;
+	return 0;
+}
+
+/* Unmap every persistent grant (disconnect: no request holds one). */
+static void free_pgrants(struct vd_queue *q)
+{
+	for (uint32_t i = 0; i < q->nr_pgrants; i++) {
+		if (q->pgrants[i].addr != NULL) {
+			(void)vd_gnt_unmap(q->gnt, q->pgrants[i].addr, 1);
+			q->pgrants[i].addr = NULL;
+		}
+	}
+	q->nr_pgrants = 0;
+	free(q->pgrants);
+	free(q->pg_hash);
+	q->pgrants = NULL;
+	q->pg_hash = NULL;
 }
 
 static int map_ring(struct vd_queue *q, struct vd_err *err)
@@ -773,6 +1053,24 @@ static int setup_reactor(struct vd_queue *q, struct vd_err *err)
 		return rc;
 	}
 	/* Created here, used only by the queue thread once it starts. */
+	if (!q->cfg.no_io_fixed) {
+		/*
+		 * READ_FIXED/WRITE_FIXED for bounce-page I/O, fixed files for the
+		 * image's files: saves pinning pages and a file lookup per I/O.
+		 * Optional: without them (memlock limit, old kernel) plain I/O.
+		 */
+		rc = vd_ioctx_register_buffers(q->ioctx, q->pool,
+					       (size_t)q->nr_pool_pages * VD_PAGE_SIZE);
+		if (rc < 0) {
+			QLOG(q, VD_LOG_INFO, "io_uring registered buffers unavailable: %s",
+			     strerror(-rc));
+		}
+		rc = vd_ioctx_register_files(q->ioctx, VD_QUEUE_FIXED_FILES);
+		if (rc < 0) {
+			QLOG(q, VD_LOG_INFO, "io_uring registered files unavailable: %s",
+			     strerror(-rc));
+		}
+	}
 	rc = vd_image_queue_create(q->cfg.image, q->ioctx, &q->iq);
 	if (rc < 0) {
 		return vd_err_set(err, -rc, "queue %u: image queue", q->cfg.index);
@@ -825,10 +1123,19 @@ int vd_queue_create(const struct vd_queue_config *cfg, struct vd_queue **out, st
 		rc = alloc_reqs(q, err);
 	}
 	if (rc == 0) {
+		rc = alloc_pgrants(q, err);
+	}
+	if (rc == 0) {
 		rc = setup_reactor(q, err);
 	}
 	if (rc < 0) {
 		goto err_destroy;
+	}
+	if (cfg->index == 0) {
+		QLOG(q, VD_LOG_INFO,
+		     "persistent grants %s (up to %" PRIu32 "), zero-copy %s, io fixed %s",
+		     q->nr_pgrants ? "on" : "off", q->nr_pgrants, q->zero_copy ? "on" : "off",
+		     cfg->no_io_fixed ? "off" : "on");
 	}
 	*out = q;
 	return 0;
@@ -882,6 +1189,7 @@ void vd_queue_destroy(struct vd_queue *q)
 	if (q->evtchn != NULL) {
 		vd_evtchn_close(q->evtchn);
 	}
+	free_pgrants(q);
 	if (q->sring != NULL) {
 		vd_gnt_unmap(q->gnt, q->sring, q->cfg.nr_ring_pages);
 	}
@@ -892,6 +1200,7 @@ void vd_queue_destroy(struct vd_queue *q)
 		for (unsigned int i = 0; i < q->nr_reqs; i++) {
 			free(q->reqs[i].pages);
 			free(q->reqs[i].iov);
+			free(q->reqs[i].pg);
 		}
 	}
 	free(q->reqs);
@@ -994,6 +1303,12 @@ static const struct {
 	STAT_FIELD(evtchn_kicks),
 	STAT_FIELD(batches),
 	STAT_FIELD(batch_reqs),
+	STAT_FIELD(pgrant_hits),
+	STAT_FIELD(pgrant_maps),
+	STAT_FIELD(pgrant_map_fails),
+	STAT_FIELD(pgrant_full),
+	STAT_FIELD(pgrant_evictions),
+	STAT_FIELD(zero_copy_reqs),
 };
 
 static int put_hist(char *buf, size_t len, size_t *pos, const char *name, const uint64_t *h,

@@ -43,7 +43,34 @@ struct vd_queue_config {
 	/* Adaptive polling (see vd_queue_set_polling); both may change later. */
 	uint32_t poll_us;       /* polling window after activity; 0: off */
 	uint32_t poll_idle_pct; /* poll only while host idle CPU >= this % */
+	/*
+	 * Persistent grants: both sides offered feature-persistent (the
+	 * frontend then keeps its data grants and reuses them). The queue maps
+	 * each gref it meets once, writable, into a bounded LRU set of at most
+	 * max_persistent_grants (0: VD_QUEUE_DEF_MAX_PGRANTS) and moves data
+	 * with memcpy instead of grant copy; a gref it cannot map (read-only,
+	 * not ours) or that does not fit goes through grant copy as before.
+	 * Without it, grefs are never mapped (the frontend may end them).
+	 */
+	bool persistent;
+	uint32_t max_persistent_grants;
+	/*
+	 * Zero-copy (needs persistent): READ/WRITE data goes straight between
+	 * the image and the mapped guest pages (no bounce page, no memcpy)
+	 * when every segment is persistently mapped and 4 KiB aligned.
+	 */
+	bool zero_copy;
+	/* Do not register the bounce pool and image files with io_uring. */
+	bool no_io_fixed;
 };
+
+#define VD_QUEUE_DEF_MAX_PGRANTS 1056 /* blkback's max_persistent_grants */
+#define VD_QUEUE_MAX_PGRANTS     16384
+/*
+ * Zero-copy default for the `zero-copy` backend key, chosen by measurement
+ * (bench/README.md).
+ */
+#define VD_QUEUE_DEF_ZERO_COPY   1
 
 /*
  * Polling defaults, chosen by measurement (bench/run.sh, see bench/README.md):
@@ -82,6 +109,13 @@ struct vd_queue_stats {
 	uint64_t batch_reqs;      /* requests taken in those reads */
 	uint64_t batch_hist[VD_QUEUE_BATCH_BUCKETS];
 	uint64_t lat_hist[VD_QUEUE_LAT_BUCKETS]; /* ring slot read -> response, us */
+	/* Persistent grants (segments and indirect pages) and zero-copy. */
+	uint64_t pgrant_hits;      /* gref found mapped */
+	uint64_t pgrant_maps;      /* grefs mapped (first use, or after eviction) */
+	uint64_t pgrant_map_fails; /* map refused (read-only, not granted): copied */
+	uint64_t pgrant_full;      /* set full of recently used grants: copied */
+	uint64_t pgrant_evictions; /* idle grants unmapped to make room */
+	uint64_t zero_copy_reqs;   /* requests served without bounce pages */
 };
 
 /*

@@ -110,7 +110,7 @@ type = "pv"
 kernel = "$P/vmlinux"
 ramdisk = "$P/domu.cpio.gz"
 extra = "console=hvc0 loglevel=4 vdisk_role=$2"
-memory = 256
+memory = 640
 vcpus = $3
 on_crash = "preserve"
 EOF

@@ -423,7 +423,7 @@ static void test_caps(void **state)
 	assert_true(caps.barrier);
 	assert_true(caps.discard);
 	assert_int_equal(caps.discard_granularity_bytes, 4096);
-	assert_false(caps.persistent);
+	assert_true(caps.persistent);
 	assert_int_equal(caps.max_queues, 4);
 	assert_int_equal(caps.max_ring_page_order, 4);
 	assert_int_equal(caps.max_indirect_segs, 256);

@@ -24,6 +24,7 @@
 #define rmb() vd_smp_rmb()
 #define wmb() vd_smp_wmb()
 #include "queue/queue-int.h"
+#include "image/image-driver.h"
 
 #define GUEST_PAGES 2048
 #define GNT_ENTRIES 4096
@@ -40,6 +41,11 @@ static int g_evfd = -1;
 static unsigned int g_notifies;
 static unsigned int g_halts;
 static int g_halt_errnum;
+static unsigned int g_maps, g_unmaps; /* single-page (persistent) maps */
+static unsigned int g_efault_zc;      /* fail this many zero-copy I/Os with -EFAULT */
+/* Queue options for the next setup. */
+static bool g_persistent, g_zero_copy;
+static uint32_t g_max_pgrants;
 
 struct vd_gnt {
 	int dummy;
@@ -115,12 +121,18 @@ void *__wrap_vd_gnt_map(struct vd_gnt *g, uint16_t domid, const uint32_t *refs,
 		}
 		first = first ? first : page;
 	}
+	if (nr_refs == 1) {
+		g_maps++;
+	}
 	return first;
 }
 
 int __wrap_vd_gnt_unmap(struct vd_gnt *g, void *addr, unsigned int nr_refs);
 int __wrap_vd_gnt_unmap(struct vd_gnt *g, void *addr, unsigned int nr_refs)
 {
+	if (nr_refs == 1) {
+		g_unmaps++;
+	}
 	return 0;
 }
 
@@ -146,6 +158,25 @@ int __wrap_vd_gnt_copy(struct vd_gnt *g, struct vd_gcopy *segs, unsigned int nr_
 		}
 	}
 	return 0;
+}
+
+/*
+ * The image, with one fault added: a zero-copy READ/WRITE (its buffer is in
+ * guest memory) can be made to fail with -EFAULT, as O_DIRECT does on a
+ * grant mapping the kernel cannot pin.
+ */
+void __real_vd_image_submit(struct vd_image_queue *iq, struct vd_io *io);
+void __wrap_vd_image_submit(struct vd_image_queue *iq, struct vd_io *io);
+void __wrap_vd_image_submit(struct vd_image_queue *iq, struct vd_io *io)
+{
+	if (g_efault_zc > 0 && (io->op == VD_IO_READ || io->op == VD_IO_WRITE) &&
+	    (uint8_t *)io->iov[0].iov_base >= g_mem &&
+	    (uint8_t *)io->iov[0].iov_base < g_mem + (size_t)GUEST_PAGES * 4096) {
+		g_efault_zc--;
+		vd_image_io_fail(iq, io, -EFAULT);
+		return;
+	}
+	__real_vd_image_submit(iq, io);
 }
 
 int __wrap_vd_evtchn_open(struct vd_transport *t, struct vd_evtchn **out);
@@ -222,6 +253,8 @@ static int setup_with(void **state, unsigned int order, bool readonly, uint32_t 
 	g_next_ref = 8;
 	g_notifies = 0;
 	g_halts = 0;
+	g_maps = g_unmaps = 0;
+	g_efault_zc = 0;
 	g_evfd = eventfd(0, EFD_NONBLOCK);
 	assert_true(g_evfd >= 0);
 
@@ -255,10 +288,16 @@ static int setup_with(void **state, unsigned int order, bool readonly, uint32_t 
 	cfg.image = f->img;
 	cfg.on_halt = on_halt;
 	cfg.max_pool_pages = max_pool_pages;
+	cfg.persistent = g_persistent;
+	cfg.zero_copy = g_zero_copy;
+	cfg.max_persistent_grants = g_max_pgrants;
+	g_persistent = g_zero_copy = false;
+	g_max_pgrants = 0;
 	rc = vd_queue_create(&cfg, &f->q, &err);
 	if (rc < 0) {
 		fail_msg("queue: %s", vd_err_msg(&err));
 	}
+	g_maps = 0; /* count data maps only (a one-page ring is a single map too) */
 	*state = f;
 	return 0;
 }
@@ -283,11 +322,33 @@ static int setup_small_pool(void **state)
 	return setup_with(state, 2, false, VD_QUEUE_MIN_POOL_PAGES);
 }
 
+static int setup_persistent(void **state)
+{
+	g_persistent = true;
+	return setup_with(state, 0, false, 0);
+}
+
+static int setup_zero_copy(void **state)
+{
+	g_persistent = true;
+	g_zero_copy = true;
+	return setup_with(state, 2, false, 0);
+}
+
+static int setup_small_pgrants(void **state)
+{
+	g_persistent = true;
+	g_max_pgrants = 4;
+	return setup_with(state, 0, false, 0);
+}
+
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
 	vd_queue_destroy(f->q);
+	/* Every persistent mapping is undone at disconnect (and the ring). */
+	assert_int_equal(g_unmaps, g_maps + (f->nr_ring_pages == 1 ? 1 : 0));
 	vd_image_close(f->img);
 	close(g_evfd);
 	free(g_mem);
@@ -658,6 +719,225 @@ static void test_thread_stop_drains(void **state)
 	assert_int_equal(st.bytes_written, 20 * 8 * 4096);
 }
 
+/* A flush that carries data writes it (blkback: a write with REQ_PREFLUSH). */
+static void test_flush_with_data(void **state)
+{
+	struct fixture *f = *state;
+	struct gbuf w, r;
+
+	gbuf_alloc(&w, 3, true);
+	gbuf_alloc(&r, 3, false);
+	fill(&w, 21);
+	put_rw(f, BLKIF_OP_FLUSH_DISKCACHE, 1, 320, &w, 0, 7);
+	assert_int_equal(run1(f, 1), BLKIF_RSP_OKAY);
+	put_rw(f, BLKIF_OP_READ, 2, 320, &r, 0, 7);
+	assert_int_equal(run1(f, 2), BLKIF_RSP_OKAY);
+	for (unsigned int i = 0; i < 3; i++) {
+		assert_memory_equal(gpage(&w, i), gpage(&r, i), 4096);
+	}
+	assert_int_equal(f->q->stats.reqs_flush, 1);
+	assert_int_equal(f->q->stats.bytes_written, 3 * 4096);
+}
+
+/* Persistent grants: mapped once, then reused; no grant copy for data. */
+static void test_persistent_reuse(void **state)
+{
+	struct fixture *f = *state;
+	struct gbuf w, r;
+	uint64_t segs;
+
+	gbuf_alloc(&w, 11, false); /* blkfront grants persistent pages read-write */
+	gbuf_alloc(&r, 11, false);
+	fill(&w, 4);
+	put_rw(f, BLKIF_OP_WRITE, 1, 64, &w, 0, 7);
+	assert_int_equal(run1(f, 1), BLKIF_RSP_OKAY);
+	put_rw(f, BLKIF_OP_READ, 2, 64, &r, 0, 7);
+	assert_int_equal(run1(f, 2), BLKIF_RSP_OKAY);
+	for (unsigned int i = 0; i < 11; i++) {
+		assert_memory_equal(gpage(&w, i), gpage(&r, i), 4096);
+	}
+	assert_int_equal(f->q->stats.pgrant_maps, 22);
+	assert_int_equal(g_maps, 22);
+	assert_int_equal(f->q->stats.grant_copy_segs, 0);
+	assert_int_equal(f->q->stats.zero_copy_reqs, 0);
+
+	/* Same pages again, new data, partial segments: hits, still no copy. */
+	fill(&w, 99);
+	memset(gpage(&r, 0), 0, 4096);
+	put_rw(f, BLKIF_OP_WRITE, 3, 64, &w, 1, 6);
+	assert_int_equal(run1(f, 3), BLKIF_RSP_OKAY);
+	put_rw(f, BLKIF_OP_READ, 4, 64, &r, 1, 6);
+	assert_int_equal(run1(f, 4), BLKIF_RSP_OKAY);
+	for (unsigned int i = 0; i < 11; i++) {
+		assert_memory_equal(gpage(&w, i) + 512, gpage(&r, i) + 512, 3072);
+	}
+	assert_int_equal(gpage(&r, 0)[0], 0);
+	assert_int_equal(f->q->stats.pgrant_maps, 22);
+	assert_int_equal(f->q->stats.pgrant_hits, 22);
+	segs = f->q->stats.grant_copy_segs;
+	assert_int_equal(segs, 0);
+}
+
+/* A read-only grant cannot be mapped writable: it is copied instead. */
+static void test_persistent_readonly_grant(void **state)
+{
+	struct fixture *f = *state;
+	struct gbuf w, r;
+
+	gbuf_alloc(&w, 2, true);
+	fill(&w, 8);
+	put_rw(f, BLKIF_OP_WRITE, 1, 0, &w, 0, 7);
+	assert_int_equal(run1(f, 1), BLKIF_RSP_OKAY);
+	assert_int_equal(f->q->stats.pgrant_map_fails, 2);
+	assert_int_equal(f->q->stats.grant_copy_segs, 2);
+	assert_int_equal(g_maps, 0);
+	/* Reading into it fails as with grant copy, and leaves it untouched. */
+	put_rw(f, BLKIF_OP_READ, 2, 0, &w, 0, 7);
+	assert_int_equal(run1(f, 2), BLKIF_RSP_ERROR);
+	/* A writable page reads the data back, mapped. */
+	gbuf_alloc(&r, 2, false);
+	put_rw(f, BLKIF_OP_READ, 3, 0, &r, 0, 7);
+	assert_int_equal(run1(f, 3), BLKIF_RSP_OKAY);
+	assert_memory_equal(gpage(&w, 0), gpage(&r, 0), 4096);
+	assert_memory_equal(gpage(&w, 1), gpage(&r, 1), 4096);
+	assert_int_equal(g_maps, 2);
+	/* A ref revoked after it was mapped keeps its mapping (Xen refuses to end a mapped grant). */
+	g_gnt[r.ref[0]].flags = 0;
+	put_rw(f, BLKIF_OP_READ, 4, 0, &r, 0, 7);
+	assert_int_equal(run1(f, 4), BLKIF_RSP_OKAY);
+	/* An unmapped ref that is not granted fails. */
+	struct gbuf bad;
+	gbuf_alloc(&bad, 1, false);
+	g_gnt[bad.ref[0]].flags = 0;
+	put_rw(f, BLKIF_OP_READ, 5, 0, &bad, 0, 7);
+	assert_int_equal(run1(f, 5), BLKIF_RSP_ERROR);
+}
+
+static bool is_mapped(const struct vd_queue *q, uint32_t gref)
+{
+	for (uint32_t i = 0; i < q->nr_pgrants; i++) {
+		if (q->pgrants[i].addr != NULL && q->pgrants[i].gref == gref) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A full set copies the excess; idle grants are evicted for new ones. */
+static void test_persistent_full_and_evict(void **state)
+{
+	struct fixture *f = *state;
+	struct gbuf w, r, w2;
+
+	gbuf_alloc(&w, 11, false);
+	gbuf_alloc(&r, 11, false);
+	fill(&w, 6);
+	put_rw(f, BLKIF_OP_WRITE, 1, 0, &w, 0, 7);
+	assert_int_equal(run1(f, 1), BLKIF_RSP_OKAY);
+	assert_int_equal(g_maps, 4);
+	assert_int_equal(f->q->stats.grant_copy_segs, 7);
+	assert_true(f->q->stats.pgrant_full >= 7);
+	put_rw(f, BLKIF_OP_READ, 2, 0, &r, 0, 7);
+	assert_int_equal(run1(f, 2), BLKIF_RSP_OKAY);
+	for (unsigned int i = 0; i < 11; i++) {
+		assert_memory_equal(gpage(&w, i), gpage(&r, i), 4096);
+	}
+	assert_int_equal(f->q->stats.pgrant_evictions, 0);
+	/* Age the set: new refs now replace the least recently used. */
+	for (uint32_t i = 0; i < f->q->nr_pgrants; i++) {
+		f->q->pgrants[i].last_ns = 0;
+	}
+	gbuf_alloc(&w2, 2, false);
+	fill(&w2, 7);
+	put_rw(f, BLKIF_OP_WRITE, 3, 800, &w2, 0, 7);
+	assert_int_equal(run1(f, 3), BLKIF_RSP_OKAY);
+	assert_int_equal(f->q->stats.pgrant_evictions, 2);
+	assert_int_equal(g_unmaps, 2);
+	assert_true(is_mapped(f->q, w2.ref[0]));
+	assert_true(is_mapped(f->q, w2.ref[1]));
+	put_rw(f, BLKIF_OP_READ, 4, 800, &r, 0, 7);
+	assert_int_equal(run1(f, 4), BLKIF_RSP_OKAY);
+	assert_memory_equal(gpage(&w2, 0), gpage(&r, 0), 4096);
+}
+
+/* Zero-copy: whole pages go straight between guest pages and the image. */
+static void test_zero_copy(void **state)
+{
+	struct fixture *f = *state;
+	struct gbuf w, r, p;
+
+	gbuf_alloc(&w, 256, false);
+	gbuf_alloc(&r, 256, false);
+	fill(&w, 12);
+	put_indirect(f, BLKIF_OP_WRITE, 1, 2048, &w, 256);
+	assert_int_equal(run1(f, 1), BLKIF_RSP_OKAY);
+	put_indirect(f, BLKIF_OP_READ, 2, 2048, &r, 256);
+	assert_int_equal(run1(f, 2), BLKIF_RSP_OKAY);
+	for (unsigned int i = 0; i < 256; i++) {
+		assert_memory_equal(gpage(&w, i), gpage(&r, i), 4096);
+	}
+	assert_int_equal(f->q->stats.zero_copy_reqs, 2);
+	/* only the two indirect pages, granted read-only here: copied */
+	assert_int_equal(f->q->stats.grant_copy_segs, 2);
+	assert_int_equal(f->q->nr_free_pages, f->q->nr_pool_pages);
+	/* Partial pages go through the bounce pages, correctly. */
+	gbuf_alloc(&p, 3, false);
+	fill(&p, 13);
+	put_rw(f, BLKIF_OP_WRITE, 3, 9000, &p, 2, 5);
+	assert_int_equal(run1(f, 3), BLKIF_RSP_OKAY);
+	memset(gpage(&r, 0), 0, 4096 * 3);
+	put_rw(f, BLKIF_OP_READ, 4, 9000,
+	       &(struct gbuf){ .n = 3, .ref = { r.ref[0], r.ref[1], r.ref[2] } }, 2, 5);
+	assert_int_equal(run1(f, 4), BLKIF_RSP_OKAY);
+	for (unsigned int i = 0; i < 3; i++) {
+		assert_memory_equal(gpage(&p, i) + 1024, gpage(&r, i) + 1024, 2048);
+		assert_int_equal(gpage(&r, i)[0], 0);
+	}
+	assert_int_equal(f->q->stats.zero_copy_reqs, 2);
+	/* A barrier with data, zero-copy, written. */
+	fill(&w, 14);
+	put_rw(f, BLKIF_OP_WRITE_BARRIER, 5, 4096,
+	       &(struct gbuf){ .n = 2, .ref = { w.ref[0], w.ref[1] } }, 0, 7);
+	assert_int_equal(run1(f, 5), BLKIF_RSP_OKAY);
+	put_rw(f, BLKIF_OP_READ, 6, 4096, &(struct gbuf){ .n = 2, .ref = { r.ref[0], r.ref[1] } },
+	       0, 7);
+	assert_int_equal(run1(f, 6), BLKIF_RSP_OKAY);
+	assert_memory_equal(gpage(&w, 0), gpage(&r, 0), 4096);
+	assert_memory_equal(gpage(&w, 1), gpage(&r, 1), 4096);
+	assert_int_equal(f->q->stats.zero_copy_reqs, 4);
+}
+
+/* Zero-copy that the kernel cannot do (EFAULT): served through bounce pages. */
+static void test_zero_copy_fault_falls_back(void **state)
+{
+	struct fixture *f = *state;
+	struct gbuf w, r;
+
+	gbuf_alloc(&w, 4, false);
+	gbuf_alloc(&r, 4, false);
+	fill(&w, 31);
+	put_rw(f, BLKIF_OP_WRITE, 1, 128, &w, 0, 7);
+	assert_int_equal(run1(f, 1), BLKIF_RSP_OKAY);
+	assert_true(f->q->zero_copy);
+	g_efault_zc = 1;
+	put_rw(f, BLKIF_OP_READ, 2, 128, &r, 0, 7);
+	assert_int_equal(run1(f, 2), BLKIF_RSP_OKAY);
+	assert_int_equal(g_efault_zc, 0);
+	assert_false(f->q->zero_copy);
+	for (unsigned int i = 0; i < 4; i++) {
+		assert_memory_equal(gpage(&w, i), gpage(&r, i), 4096);
+	}
+	/* From now on through bounce pages (memcpy), still correct. */
+	fill(&w, 32);
+	put_rw(f, BLKIF_OP_WRITE, 3, 128, &w, 0, 7);
+	assert_int_equal(run1(f, 3), BLKIF_RSP_OKAY);
+	put_rw(f, BLKIF_OP_READ, 4, 128, &r, 0, 7);
+	assert_int_equal(run1(f, 4), BLKIF_RSP_OKAY);
+	assert_memory_equal(gpage(&w, 3), gpage(&r, 3), 4096);
+	assert_int_equal(f->q->stats.zero_copy_reqs, 2);
+	assert_int_equal(f->q->nr_free_pages, f->q->nr_pool_pages);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -672,6 +952,16 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_prod_overflow_halts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pool_backpressure, setup_small_pool, teardown),
 		cmocka_unit_test_setup_teardown(test_thread_stop_drains, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flush_with_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_persistent_reuse, setup_persistent, teardown),
+		cmocka_unit_test_setup_teardown(test_persistent_readonly_grant, setup_persistent,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_persistent_full_and_evict, setup_small_pgrants,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_zero_copy, setup_zero_copy, teardown),
+		cmocka_unit_test_setup_teardown(test_zero_copy_fault_falls_back, setup_zero_copy,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_thread_stop_drains, setup_zero_copy, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

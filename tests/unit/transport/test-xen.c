@@ -314,6 +314,18 @@ static void test_map(void **state)
 	g_map_ret = NULL;
 	assert_null(vd_gnt_map(g, 9, refs, 2, false, &st));
 	assert_int_equal(st, GNTST_general_error);
+	/* One page, writable: a persistent grant. */
+	g_map_ret = pages + 4096;
+	st = 99;
+	assert_ptr_equal(vd_gnt_map(g, 9, &refs[1], 1, true, &st), pages + 4096);
+	assert_int_equal(st, GNTST_okay);
+	assert_int_equal(g_map_count, 1);
+	assert_int_equal(g_map_prot, PROT_READ | PROT_WRITE);
+	assert_int_equal(vd_gnt_unmap(g, pages + 4096, 1), 0);
+	/* gntdev refuses a writable map of a read-only grant: NULL, an error status. */
+	g_map_ret = NULL;
+	assert_null(vd_gnt_map(g, 9, &refs[1], 1, true, &st));
+	assert_int_equal(st, GNTST_general_error);
 	vd_gnt_close(g);
 	vd_transport_close(t);
 }
