@@ -32,12 +32,26 @@
 # the allocation cases) to last about BENCH_RUNTIME seconds. qemu-img bench
 # reports only the elapsed time: IOPS = COUNT / time, no latency percentiles.
 #
-# L2 cache (qcow2): vdisk's default L2 cache covers the whole disk up to 32 MiB
-# of cache (256 GiB at 64 KiB clusters), as QEMU's default does on Linux, so
-# at 4 GiB (512 KiB of L2) "default" and "whole disk" are the same run for
-# both engines. `vdisk attach` has no l2-cache-size knob (vd_image_opts has
-# l2_cache_bytes, but neither the attach CLI nor the backend dir carry it), so
-# a smaller cache cannot be benchmarked through vdiskd.
+# Variants (BENCH_VARIANTS, default "base l2all flush"; the workload name
+# gets the suffix):
+#   base     the daemon's and qemu-img's defaults: default L2 cache, no flush.
+#            qemu-img bench never flushes, so neither does simguest here.
+#   l2all    (qcow2) an L2 cache covering the whole disk on both sides:
+#            `vdisk attach --l2-cache-size B` and qemu-img bench --image-opts
+#            l2-cache-size=B, B = 8 bytes per cluster of the virtual disk. Both
+#            defaults already cover the disk up to 32 MiB of cache (256 GiB at
+#            64 KiB clusters, QEMU's Linux default), so at 4 GiB this is the
+#            same configuration as base, run again; with BENCH_L2_SMALL=BYTES
+#            the variant "l2small" gives both sides a smaller cache instead.
+#   flushN   (write workloads) the same flush policy on both sides: a flush
+#            every N writes (BENCH_FLUSH_EVERY, default 64): simguest
+#            --flush-every N (the flush joins the queue), qemu-img bench
+#            --flush-interval=N --no-drain (likewise, without draining), fio
+#            --fdatasync=N.
+# BENCH_FORMATS (default "vhd qcow2") picks the formats; VHD runs base and
+# flush only. "raw" adds vdisk and qemu-img bench on the raw file itself:
+# what each engine's datapath does without a format (the ceiling for its
+# format rows), beside fio.
 #
 # Output in bench/results/<date>-formats/: table.txt (also printed),
 # results.tsv, raw/ (fio JSON, simguest JSON, qemu-img output, vdiskd log),
@@ -45,7 +59,8 @@
 #
 # Knobs: VDISK_BUILD_DIR (use a release build), BENCH_QUICK=1, BENCH_RUNTIME,
 # BENCH_SIZE (default 4G), BENCH_CASES (regex on case names such as
-# 'qcow2.*alloc'), BENCH_OUT, TMPDIR (where the images go: needs ~4 x SIZE).
+# 'qcow2.*alloc'), BENCH_VARIANTS, BENCH_FORMATS, BENCH_FLUSH_EVERY,
+# BENCH_L2_SMALL, BENCH_OUT, TMPDIR (where the images go: needs ~4 x SIZE).
 # Needs fio, qemu-img (qemu-utils), python3, xenstore-utils.
 # Not part of any test suite: run it by hand.
 set -euo pipefail
@@ -68,6 +83,17 @@ mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
 TSV=$OUT/results.tsv
 STRIDE=$((400001 * 4096))
+VARIANTS=${BENCH_VARIANTS:-base l2all flush}
+FORMATS=${BENCH_FORMATS:-vhd qcow2}
+FLUSH_EVERY=${BENCH_FLUSH_EVERY:-64}
+L2_SMALL=${BENCH_L2_SMALL:-}
+CLUSTER=65536
+# per-case extras, set by the variant loops
+GUEST_EXTRA=()
+ATTACH_EXTRA=()
+QEMU_EXTRA=()
+QEMU_L2=
+FIO_EXTRA=()
 
 for t in fio qemu-img python3 xenstore-write; do
 	command -v "$t" >/dev/null || { echo "bench: needs $t" >&2; exit 2; }
@@ -144,7 +170,7 @@ run_fio() {
 	vd_log "case $c"
 	fio --name="$c" --filename="$file" --size="$SIZE" --rw="$rw" --bs="$bs" \
 		--iodepth="$qd" --ioengine=io_uring --direct=1 --runtime="$RUNTIME" --time_based \
-		--randrepeat=0 --lat_percentiles=1 --output-format=json >"$raw" 2>"$OUT/raw/$c.err" || true
+		--randrepeat=0 --lat_percentiles=1 --output-format=json "${FIO_EXTRA[@]}" >"$raw" 2>"$OUT/raw/$c.err" || true
 	record "$c" raw "$wl" fio fio "$raw"
 }
 
@@ -163,9 +189,9 @@ run_vdisk() {
 	DOMID=$((DOMID + 1))
 	vd_guest_start "$c" $DOMID --json --no-verify --queues 1 \
 		--ring-order "$(ring_order_for "$qd")" --rw "$rw" --bs "$bs" --iodepth "$qd" \
-		--runtime "$RUNTIME"
+		--runtime "$RUNTIME" "${GUEST_EXTRA[@]}"
 	vd_wait_domain $DOMID
-	vd_attach $DOMID 51712 "$img" --format "$fmt"
+	vd_attach $DOMID 51712 "$img" --format "$fmt" "${ATTACH_EXTRA[@]}"
 	vd_wait_exit "$c" $((RUNTIME + 60)) || rc=$?
 	[ "$rc" -eq 0 ] || vd_log "guest $c exited $rc"
 	cp "$VD_LOGS/$c.out" "$raw"
@@ -174,12 +200,25 @@ run_vdisk() {
 	record "$c" "$fmt" "$wl" vdisk guest "$raw"
 }
 
+# qbench FMT IMAGE ARGS...: qemu-img bench (O_DIRECT, Linux AIO) on IMAGE,
+# with the variant's L2 cache size (QEMU_L2) and flush options (QEMU_EXTRA).
+qbench() {
+	local fmt=$1 img=$2
+	shift 2
+	if [ -n "$QEMU_L2" ]; then
+		qemu-img bench --image-opts -t none -i native "${QEMU_EXTRA[@]}" "$@" \
+			"driver=$fmt,file.filename=$img,l2-cache-size=$QEMU_L2"
+	else
+		qemu-img bench -f "$fmt" -t none -i native "${QEMU_EXTRA[@]}" "$@" "$img"
+	fi
+}
+
 # qemu_count FMT IMAGE ARGS...: a request count lasting ~RUNTIME seconds.
 qemu_count() {
 	local fmt=$1 img=$2 n=256 t
 	shift 2
 	while :; do
-		t=$(qemu-img bench -f "$fmt" -t none -i native -c "$n" "$@" "$img" 2>&1 |
+		t=$(qbench "$fmt" "$img" -c "$n" "$@" 2>&1 |
 			sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
 		[ -n "$t" ] || { echo 0; return; }
 		if awk -v t="$t" 'BEGIN { exit !(t >= 0.3) }' || [ "$n" -ge 4000000 ]; then
@@ -206,8 +245,8 @@ run_qemu() {
 	count=$(qemu_count "$qfmt" "$cal" -d "$qd" -s "$bs" "$@")
 	[ "$fresh" = 1 ] && rm -f "$cal"
 	{
-		echo "+ qemu-img bench -f $qfmt -t none -i native -c $count -d $qd -s $bs $* $img"
-		qemu-img bench -f "$qfmt" -t none -i native -c "$count" -d "$qd" -s "$bs" "$@" "$img" 2>&1
+		echo "+ qemu-img bench (L2 cache ${QEMU_L2:-default}) ${QEMU_EXTRA[*]} -c $count -d $qd -s $bs $* $img"
+		qbench "$qfmt" "$img" -c "$count" -d "$qd" -s "$bs" "$@" 2>&1
 	} >"$raw" || true
 	record "$c" "$fmt" "$wl" qemu-img qemu "$raw" "$count" "$(numfmt --from=iec "${bs^^}")"
 }
@@ -235,52 +274,106 @@ printf 'case\tformat\tworkload\tsystem\tiops\tmbps\tp50_us\tp99_us\tstatus\n' >"
 vd_log "filling $RAW ($SIZE) and converting it to allocated vhd and qcow2 images"
 fio --name=fill --filename="$RAW" --size="$SIZE" --rw=write --bs=1M --direct=1 \
 	--ioengine=io_uring --iodepth=8 --output="$OUT/raw/fill.txt" >/dev/null
-qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$RAW" "$VD_TMP/full.vhd"
-qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$RAW" "$VD_TMP/full.qcow2"
-for f in full.vhd full.qcow2; do
-	qemu-img info "$VD_TMP/$f" >>"$OUT/raw/images.txt"
+for fmt in $FORMATS; do
+	case $fmt in
+	raw) ln -sf "$RAW" "$VD_TMP/full.raw" ;;
+	vhd) qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$RAW" "$VD_TMP/full.vhd" ;;
+	qcow2) qemu-img convert -f raw -O qcow2 -o cluster_size=$CLUSTER "$RAW" "$VD_TMP/full.qcow2" ;;
+	*) vd_fail "BENCH_FORMATS: unknown format $fmt" ;;
+	esac
+	qemu-img info "$VD_TMP/full.$fmt" >>"$OUT/raw/images.txt"
 done
+echo "variants: $VARIANTS  formats: $FORMATS  flush every: $FLUSH_EVERY" >>"$OUT/machine.txt"
 vd_start_all
 
+# set_variant VARIANT FORMAT: the per-case extras; returns 1 if the variant
+# does not apply to the format. Sets SUFFIX.
+set_variant() {
+	GUEST_EXTRA=()
+	ATTACH_EXTRA=()
+	QEMU_EXTRA=()
+	QEMU_L2=
+	FIO_EXTRA=()
+	SUFFIX=
+	case $1 in
+	base) ;;
+	l2all | l2small)
+		[ "$2" = qcow2 ] || return 1
+		local b=$(((SIZE_BYTES + CLUSTER - 1) / CLUSTER * 8))
+		SUFFIX=-l2all
+		if [ "$1" = l2small ]; then
+			[ -n "$L2_SMALL" ] || return 1
+			b=$L2_SMALL
+			SUFFIX=-l2small
+		fi
+		ATTACH_EXTRA=(--l2-cache-size "$b")
+		QEMU_L2=$b
+		;;
+	flush)
+		SUFFIX=-flush$FLUSH_EVERY
+		GUEST_EXTRA=(--flush-every "$FLUSH_EVERY")
+		QEMU_EXTRA=(--flush-interval="$FLUSH_EVERY" --no-drain)
+		FIO_EXTRA=(--fdatasync="$FLUSH_EVERY")
+		;;
+	*) return 1 ;;
+	esac
+	return 0
+}
+
 # 4k random write into fresh images: allocation.
-for qd in 1 32; do
-	wl=rw4k-alloc-qd$qd
-	if want "$wl-raw-fio"; then
-		new_image raw "$VD_TMP/fresh.raw"
-		run_fio "$wl-raw-fio" "$wl" "$VD_TMP/fresh.raw" randwrite 4k $qd
-		rm -f "$VD_TMP/fresh.raw"
-	fi
-	for fmt in vhd qcow2; do
-		if want "$wl-$fmt-vdisk"; then
-			new_image $fmt "$VD_TMP/fresh.$fmt"
-			run_vdisk "$wl-$fmt-vdisk" $fmt "$wl" "$VD_TMP/fresh.$fmt" randwrite 4k $qd
-			# the image vdisk wrote must check clean (qemu-img check has no vpc support)
-			if [ $fmt = vhd ]; then
-				"$VDISK" check "$VD_TMP/fresh.$fmt" >"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
-					vd_log "vdisk check after $wl-$fmt-vdisk: exit $? (see raw/)"
-			else
-				qemu-img check -f qcow2 "$VD_TMP/fresh.$fmt" \
-					>"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
-					vd_log "qemu-img check after $wl-$fmt-vdisk: exit $? (see raw/)"
+for variant in $VARIANTS; do
+	for qd in 1 32; do
+		if set_variant "$variant" raw && [ "$variant" != l2all ]; then
+			wl=rw4k-alloc-qd$qd$SUFFIX
+			if want "$wl-raw-fio"; then
+				new_image raw "$VD_TMP/fresh.raw"
+				run_fio "$wl-raw-fio" "$wl" "$VD_TMP/fresh.raw" randwrite 4k $qd
+				rm -f "$VD_TMP/fresh.raw"
 			fi
 		fi
-		if want "$wl-$fmt-qemu-img"; then
-			new_image $fmt "$VD_TMP/fresh.$fmt"
-			run_qemu "$wl-$fmt-qemu-img" $fmt "$wl" "$VD_TMP/fresh.$fmt" 1 4k $qd -w -S "$STRIDE"
-		fi
-		rm -f "$VD_TMP/fresh.$fmt"
+		for fmt in $FORMATS; do
+			set_variant "$variant" "$fmt" || continue
+			wl=rw4k-alloc-qd$qd$SUFFIX
+			if want "$wl-$fmt-vdisk"; then
+				new_image $fmt "$VD_TMP/fresh.$fmt"
+				run_vdisk "$wl-$fmt-vdisk" $fmt "$wl" "$VD_TMP/fresh.$fmt" randwrite 4k $qd
+				# the image vdisk wrote must check clean (qemu-img check has no vpc support)
+				if [ $fmt = raw ]; then
+					:
+				elif [ $fmt = vhd ]; then
+					"$VDISK" check "$VD_TMP/fresh.$fmt" >"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
+						vd_log "vdisk check after $wl-$fmt-vdisk: exit $? (see raw/)"
+				else
+					qemu-img check -f qcow2 "$VD_TMP/fresh.$fmt" \
+						>"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
+						vd_log "qemu-img check after $wl-$fmt-vdisk: exit $? (see raw/)"
+				fi
+			fi
+			if want "$wl-$fmt-qemu-img"; then
+				new_image $fmt "$VD_TMP/fresh.$fmt"
+				run_qemu "$wl-$fmt-qemu-img" $fmt "$wl" "$VD_TMP/fresh.$fmt" 1 4k $qd -w -S "$STRIDE"
+			fi
+			rm -f "$VD_TMP/fresh.$fmt"
+		done
 	done
 done
 
 # Fully allocated images: 4k random read/write, 1M sequential.
 # WORKLOAD RW(fio/simguest) BS QD QEMU-ARGS...
 alloc_case() {
-	local wl=$1 rw=$2 bs=$3 qd=$4 fmt
+	local wl=$1 rw=$2 bs=$3 qd=$4 fmt variant
 	shift 4
-	run_fio "$wl-raw-fio" "$wl" "$RAW" "$rw" "$bs" "$qd"
-	for fmt in vhd qcow2; do
-		run_vdisk "$wl-$fmt-vdisk" $fmt "$wl" "$VD_TMP/full.$fmt" "$rw" "$bs" "$qd"
-		run_qemu "$wl-$fmt-qemu-img" $fmt "$wl" "$VD_TMP/full.$fmt" 0 "$bs" "$qd" "$@"
+	for variant in $VARIANTS; do
+		# flushes only where there are writes
+		[ "$variant" = flush ] && [[ $rw != *write* ]] && continue
+		if set_variant "$variant" raw && [ "$variant" != l2all ]; then
+			run_fio "$wl$SUFFIX-raw-fio" "$wl$SUFFIX" "$RAW" "$rw" "$bs" "$qd"
+		fi
+		for fmt in $FORMATS; do
+			set_variant "$variant" "$fmt" || continue
+			run_vdisk "$wl$SUFFIX-$fmt-vdisk" $fmt "$wl$SUFFIX" "$VD_TMP/full.$fmt" "$rw" "$bs" "$qd"
+			run_qemu "$wl$SUFFIX-$fmt-qemu-img" $fmt "$wl$SUFFIX" "$VD_TMP/full.$fmt" 0 "$bs" "$qd" "$@"
+		done
 	done
 }
 for qd in 1 32; do
@@ -288,7 +381,8 @@ for qd in 1 32; do
 	alloc_case rw4k-qd$qd randwrite 4k $qd -w -S "$STRIDE"
 done
 alloc_case seqr1m-qd8 read 1M 8
-alloc_case seqw1m-qd8 write 1M 8
+alloc_case seqw1m-qd8 write 1M 8 -w
+set_variant base raw
 
 vd_stop vdiskd 15 || true
 vd_stop hv 10 || true
@@ -314,7 +408,8 @@ def num(v):
 hdr = "%-7s %-16s %-9s %9s %9s %8s %8s  %s"
 print(hdr % ("format", "workload", "system", "IOPS", "MB/s", "p50 us", "p99 us", "status"))
 for wl in wls:
-    for fmt, system in (("raw", "fio"), ("vhd", "vdisk"), ("vhd", "qemu-img"),
+    for fmt, system in (("raw", "fio"), ("raw", "vdisk"), ("raw", "qemu-img"),
+                        ("vhd", "vdisk"), ("vhd", "qemu-img"),
                         ("qcow2", "vdisk"), ("qcow2", "qemu-img")):
         r = by.get((fmt, wl, system))
         if r:
@@ -323,8 +418,10 @@ for wl in wls:
     print()
 print("ratios: IOPS (MB/s for 1M): vdisk / qemu-img bench, vdisk / fio on raw")
 print("%-7s %-16s %14s %12s" % ("format", "workload", "vdisk/qemu-img", "vdisk/fio"))
-for fmt in ("vhd", "qcow2"):
+for fmt in ("raw", "vhd", "qcow2"):
     for wl in wls:
+        if (fmt, wl, "vdisk") not in by:
+            continue
         k = "mbps" if "1m" in wl else "iops"
         g = lambda f, s: num(by[(f, wl, s)][k]) if (f, wl, s) in by else float("nan")
         v, q, f = g(fmt, "vdisk"), g(fmt, "qemu-img"), g("raw", "fio")

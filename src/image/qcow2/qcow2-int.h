@@ -9,6 +9,7 @@
  *                     frees, metadata write-back, check and repair
  *   qcow2-io.c        the request path (read, write, discard, flush) and the
  *                     cross-queue forwarding to the metadata owner
+ *   qcow2-flush.c     the asynchronous metadata write-back of the owner
  *
  * Threads and ownership. All mutable metadata (L1, L2 cache, refcounts,
  * in-flight allocations) has one owner: the ioctx of the first image queue
@@ -22,7 +23,7 @@
  * Metadata is written back (QEMU's writeback qcow2 cache) at guest FLUSH, on
  * eviction of a dirty L2 slice, on close, and when too many frees are
  * pending, always in this order, each step followed by fdatasync:
- *   1. refcount blocks (and a moved refcount table + header),
+ *   1. refcount blocks (and, when a block was added, then the refcount table),
  *   2. L2 slices,
  *   3. L1 entries.
  * The L2 entry of a newly allocated cluster is set in memory only after its
@@ -30,8 +31,20 @@
  * any L2 entry points at it. Clusters freed by discard or COW are not
  * reusable until the L2 change that freed them is durable (frees are
  * deferred until after step 3), so a crash at any point leaves, at worst,
- * leaked clusters. The metadata writes themselves are synchronous
- * (vd_file_rw_sync) on the owner thread: rare, and simple to order.
+ * leaked clusters.
+ *
+ * While serving, the write-back is asynchronous (qcow2-flush.c): one job at a
+ * time on the owner's ioctx. It starts by taking a snapshot: the list of
+ * dirty refcount blocks (written from the live blocks: between two jobs a
+ * refcount only goes from 0 to 1, which at worst leaks), a copy of every
+ * dirty L2 slice and of the dirty L1 chunks, and the number of pending frees.
+ * Everything in the snapshot was changed before it, so its data writes had
+ * completed and its refcounts were set: the steps above, on the snapshot,
+ * keep the order. Changes made while the job runs dirty the metadata again
+ * and go to the next job. Slices being written stay out of the LRU (never
+ * evicted, never re-read from the disk until written). A guest FLUSH waits
+ * for a job that started after it arrived. Control-thread paths (open,
+ * close, resize, check) use the synchronous vd_qcow2_metadata_flush.
  */
 #ifndef VD_QCOW2_INT_H
 #define VD_QCOW2_INT_H
@@ -102,6 +115,7 @@ struct qcow2_slice {
 	uint8_t *data; /* entry_bytes, big-endian as on disk */
 	bool loading;  /* read in flight: requests wait on waiters */
 	bool dirty;
+	bool writeback; /* in a write-back job's snapshot: not evictable */
 	int load_err;
 	struct qcow2_req *waiters;
 	struct vd_file_req freq;
@@ -117,6 +131,38 @@ TAILQ_HEAD(qcow2_slice_list, qcow2_slice);
 struct qcow2_free {
 	uint64_t offset_bytes;
 	uint64_t len_bytes;
+};
+
+/* The asynchronous metadata write-back (qcow2-flush.c), owner thread. */
+struct qcow2_mf_io {
+	struct vd_file_req freq;
+	struct iovec iov;
+	struct vd_image *img;
+};
+
+struct qcow2_mflush {
+	bool running;
+	int phase;
+	unsigned int inflight;
+	int err;
+	struct qcow2_req *waiters;      /* resumed when this job ends */
+	struct qcow2_req *next_waiters; /* need a job that starts after them */
+	bool again;                     /* start another job when this one ends */
+	uint32_t frees_snap;            /* pending frees this job makes safe */
+	/* the snapshot */
+	uint64_t *rb; /* dirty refcount blocks (reftable indices) */
+	uint32_t nr_rb;
+	uint8_t *rt_buf; /* the refcount table, if a block was added */
+	uint64_t rt_off, rt_bytes;
+	struct qcow2_slice **wb; /* slices being written */
+	uint8_t *wb_buf;         /* their copies */
+	uint32_t nr_wb;
+	uint8_t *l1_buf; /* dirty L1 chunks, one chunk_bytes each */
+	uint64_t *l1_first;
+	uint32_t nr_l1;
+	struct qcow2_mf_io *io;
+	uint32_t nr_io;
+	struct qcow2_mf_io kick; /* starts the steps from the ioctx */
 };
 
 /* Per-image owner-side state of a queue (only the owner has one). */
@@ -182,6 +228,7 @@ struct qcow2_state {
 	uint8_t **refblocks; /* loaded blocks or NULL */
 	bool *refblock_dirty;
 	bool refcounts_dirty;
+	bool reftable_dirty;     /* a refcount block was added since the table was written */
 	uint64_t free_cursor;    /* lowest cluster index that may be free */
 	uint64_t file_end_bytes; /* end of the highest allocated cluster (>= file size) */
 	struct qcow2_free *frees;
@@ -189,6 +236,9 @@ struct qcow2_state {
 
 	/* in-flight allocations (owner) */
 	struct qcow2_req *allocs;
+
+	/* asynchronous metadata write-back (owner) */
+	struct qcow2_mflush mf;
 
 	/* owner */
 	struct vd_ioctx *owner_ctx;
@@ -300,6 +350,17 @@ struct qcow2_slice *vd_qcow2_slice_new(struct vd_image *img, uint64_t l2_off, ui
 				       int *ret);
 void vd_qcow2_slice_mark_dirty(struct qcow2_state *s, struct qcow2_slice *sl);
 int vd_qcow2_cache_writeback(struct qcow2_state *s);
+/*
+ * Owner thread, write-back jobs. Snapshot: copy every dirty slice into
+ * buf (nr_dirty_slices x slice_bytes), mark it clean and in write-back,
+ * list it in out; returns the count. Release: the job is over; failed
+ * marks them dirty again.
+ */
+uint32_t vd_qcow2_cache_snapshot(struct qcow2_state *s, struct qcow2_slice **out, uint8_t *buf);
+void vd_qcow2_cache_release(struct qcow2_state *s, struct qcow2_slice **sl, uint32_t n,
+			    bool failed);
+/* Copy the cached slices of the L2 table at l2_off over buf (cluster_bytes). */
+void vd_qcow2_cache_overlay(struct qcow2_state *s, uint64_t l2_off, uint8_t *buf);
 void vd_qcow2_entry_get(struct qcow2_state *s, const struct qcow2_slice *sl, uint64_t gc,
 			uint64_t *entry, uint64_t *bitmap);
 void vd_qcow2_entry_set(struct qcow2_state *s, struct qcow2_slice *sl, uint64_t gc, uint64_t entry,
@@ -327,11 +388,31 @@ void vd_qcow2_refcount_encode(uint8_t *blk, unsigned int order, uint64_t i, uint
 int64_t vd_qcow2_alloc_cluster(struct vd_image *img);
 /* Decrement later, once the L2/L1 change that frees it is durable. */
 int vd_qcow2_free_later(struct vd_image *img, uint64_t offset_bytes, uint64_t len_bytes);
-/* Write back all dirty metadata in the crash-safe order; then apply frees. */
+/*
+ * Write back all dirty metadata in the crash-safe order; then apply frees.
+ * Synchronous: control thread, or the owner when no write-back job runs.
+ */
 int vd_qcow2_metadata_flush(struct vd_image *img);
+/* Apply the first n pending frees (their L2/L1 change is durable). */
+void vd_qcow2_apply_frees(struct vd_image *img, uint32_t n);
+/* Write the refcount table (a block was added): buf (reftable_entries x 8). */
+void vd_qcow2_reftable_encode(struct qcow2_state *s, uint8_t *buf);
 bool vd_qcow2_metadata_dirty(struct qcow2_state *s);
 int vd_qcow2_check(struct vd_image *img, bool repair, struct vd_check_result *res,
 		   struct vd_err *err);
+
+/* qcow2-flush.c (owner thread) */
+/*
+ * Write back the metadata asynchronously. req (may be NULL) is resumed
+ * with vd_qcow2_run() once a job that started after this call has ended
+ * (req->result < 0 if it failed). < 0: no job could start (corrupt image,
+ * no memory): req is not queued.
+ */
+int vd_qcow2_mflush(struct vd_image *img, struct qcow2_req *req);
+/* Wait (polling the owner's ioctx) until no job runs. */
+void vd_qcow2_mflush_drain(struct vd_image *img);
+/* L1 entries per write-back chunk. */
+uint64_t vd_qcow2_l1_chunk(const struct qcow2_state *s);
 
 /* qcow2-io.c */
 extern const size_t vd_qcow2_io_ctx_size;

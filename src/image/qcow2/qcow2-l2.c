@@ -5,8 +5,10 @@
  * The cache is the owner thread's. A miss reads the slice asynchronously on
  * the owner's ioctx; requests that need the same slice meanwhile wait on
  * the slice (waiters) and are resumed when it arrives. Clean slices sit on
- * an LRU list; dirty and loading slices are never evicted (a dirty slice is
- * written back by vd_qcow2_metadata_flush, in the crash-safe order).
+ * an LRU list; dirty, loading and written-back slices are never evicted (a
+ * dirty slice is written back by a write-back job or vd_qcow2_metadata_flush,
+ * in the crash-safe order). When every slice is dirty, a request that needs
+ * one starts a write-back job and waits for it (slice_waiters).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -144,14 +146,30 @@ static void wake(struct qcow2_req *list, int err)
 	}
 }
 
+enum victim_mode {
+	V_SYNC,  /* control thread: may write back synchronously */
+	V_ASYNC, /* owner with a request to park: start a write-back job */
+	V_NONE,  /* owner without a request: fail (*ret 0) */
+};
+
 /* A slice to (re)use for key: the oldest clean one; NULL if none. */
-static struct qcow2_slice *victim(struct vd_image *img, uint64_t key, int *ret)
+static struct qcow2_slice *victim(struct vd_image *img, uint64_t key, int *ret,
+				  enum victim_mode mode)
 {
 	struct qcow2_state *s = qcow2_s(img);
 	struct qcow2_slice *sl = TAILQ_FIRST(&s->lru);
 
 	*ret = 0;
 	if (!sl && s->nr_dirty_slices) {
+		if (mode == V_ASYNC) {
+			if (!s->mf.running) {
+				*ret = vd_qcow2_mflush(img, NULL);
+			}
+			return NULL;
+		}
+		if (mode == V_NONE || s->mf.running) {
+			return NULL;
+		}
 		*ret = vd_qcow2_metadata_flush(img);
 		if (*ret < 0) {
 			return NULL;
@@ -226,7 +244,7 @@ struct qcow2_slice *vd_qcow2_slice_get(struct vd_image *img, uint64_t l2_off, ui
 		}
 		return sl;
 	}
-	sl = victim(img, key, ret);
+	sl = victim(img, key, ret, req ? V_ASYNC : V_SYNC);
 	if (!sl) {
 		if (*ret < 0) {
 			return NULL;
@@ -278,7 +296,7 @@ struct qcow2_slice *vd_qcow2_slice_new(struct vd_image *img, uint64_t l2_off, ui
 		return NULL;
 	}
 	if (!sl) {
-		sl = victim(img, key, ret);
+		sl = victim(img, key, ret, V_NONE);
 		if (!sl) {
 			if (*ret == 0) {
 				*ret = -EBUSY;
@@ -318,6 +336,48 @@ int vd_qcow2_cache_writeback(struct qcow2_state *s)
 		lru_add(s, sl, false);
 	}
 	return 0;
+}
+
+uint32_t vd_qcow2_cache_snapshot(struct qcow2_state *s, struct qcow2_slice **out, uint8_t *buf)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < s->nr_slices && s->nr_dirty_slices; i++) {
+		struct qcow2_slice *sl = &s->slices[i];
+
+		if (!sl->dirty || sl->writeback) {
+			continue;
+		}
+		memcpy(buf + (size_t)n * s->slice_bytes, sl->data, s->slice_bytes);
+		sl->dirty = false;
+		sl->writeback = true;
+		s->nr_dirty_slices--;
+		out[n++] = sl;
+	}
+	return n;
+}
+
+void vd_qcow2_cache_release(struct qcow2_state *s, struct qcow2_slice **sl, uint32_t n, bool failed)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		sl[i]->writeback = false;
+		if (failed) {
+			vd_qcow2_slice_mark_dirty(s, sl[i]);
+		} else if (!sl[i]->dirty) {
+			lru_add(s, sl[i], false);
+		}
+	}
+}
+
+void vd_qcow2_cache_overlay(struct qcow2_state *s, uint64_t l2_off, uint8_t *buf)
+{
+	for (uint64_t off = 0; off < s->cluster_bytes; off += s->slice_bytes) {
+		struct qcow2_slice *sl = lookup(s, l2_off + off);
+
+		if (sl && !sl->loading) {
+			memcpy(buf + off, sl->data, s->slice_bytes);
+		}
+	}
 }
 
 void vd_qcow2_entry_get(struct qcow2_state *s, const struct qcow2_slice *sl, uint64_t gc,
@@ -419,9 +479,14 @@ int vd_qcow2_inflate(struct qcow2_state *s, const uint8_t *src, size_t src_len, 
 	return -EIO;
 }
 
+uint64_t vd_qcow2_l1_chunk(const struct qcow2_state *s)
+{
+	return VD_MIN(4096ull, s->cluster_bytes) / 8;
+}
+
 int vd_qcow2_l1_writeback(struct qcow2_state *s)
 {
-	uint64_t chunk = VD_MIN(4096ull, s->cluster_bytes) / 8; /* entries per write */
+	uint64_t chunk = vd_qcow2_l1_chunk(s); /* entries per write */
 	uint8_t *buf;
 
 	if (!s->l1_any_dirty) {

@@ -200,16 +200,22 @@ static int write_refblocks(struct qcow2_state *s, bool table)
 		if (!buf) {
 			return -ENOMEM;
 		}
-		for (uint64_t i = 0; i < s->reftable_entries; i++) {
-			qcow2_put_be64(buf + i * 8, s->reftable[i]);
-		}
+		vd_qcow2_reftable_encode(s, buf);
 		ret = vd_qcow2_pwrite(s, buf, s->reftable_entries * 8, s->reftable_offset);
 		free(buf);
 		if (ret < 0) {
 			return ret;
 		}
+		s->reftable_dirty = false;
 	}
 	return 0;
+}
+
+void vd_qcow2_reftable_encode(struct qcow2_state *s, uint8_t *buf)
+{
+	for (uint64_t i = 0; i < s->reftable_entries; i++) {
+		qcow2_put_be64(buf + i * 8, s->reftable[i]);
+	}
 }
 
 /* Replace the refcount table by one of at least min_entries, at the end. */
@@ -351,6 +357,7 @@ int64_t vd_qcow2_alloc_cluster(struct vd_image *img)
 				return -ENOMEM;
 			}
 			s->reftable[b] = c * s->cluster_bytes;
+			s->reftable_dirty = true;
 			refcount_set(s, c, 1); /* the block describes itself */
 			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);
 			/* the table entry is written with the blocks (write_refblocks) */
@@ -377,7 +384,7 @@ int vd_qcow2_free_later(struct vd_image *img, uint64_t offset_bytes, uint64_t le
 		uint32_t n = s->max_frees ? s->max_frees * 2 : 64;
 		struct qcow2_free *f;
 
-		if (s->nr_frees >= QCOW2_MAX_PENDING_FREES) {
+		if (s->nr_frees >= QCOW2_MAX_PENDING_FREES && !s->owner_ctx) {
 			int ret = vd_qcow2_metadata_flush(img);
 
 			if (ret < 0) {
@@ -396,14 +403,19 @@ int vd_qcow2_free_later(struct vd_image *img, uint64_t offset_bytes, uint64_t le
 	s->frees[s->nr_frees].offset_bytes = offset_bytes;
 	s->frees[s->nr_frees].len_bytes = len_bytes;
 	s->nr_frees++;
+	if (s->nr_frees >= QCOW2_MAX_PENDING_FREES && s->owner_ctx && !s->mf.running) {
+		/* serving: make them safe in the background (or at the next FLUSH) */
+		(void)vd_qcow2_mflush(img, NULL);
+	}
 	return 0;
 }
 
-static void apply_frees(struct vd_image *img)
+void vd_qcow2_apply_frees(struct vd_image *img, uint32_t n)
 {
 	struct qcow2_state *s = qcow2_s(img);
 
-	for (uint32_t i = 0; i < s->nr_frees; i++) {
+	n = VD_MIN(n, s->nr_frees);
+	for (uint32_t i = 0; i < n; i++) {
 		uint64_t first = s->frees[i].offset_bytes >> s->cluster_bits;
 		uint64_t last =
 			(s->frees[i].offset_bytes + s->frees[i].len_bytes - 1) >> s->cluster_bits;
@@ -422,7 +434,10 @@ static void apply_frees(struct vd_image *img)
 			}
 		}
 	}
-	s->nr_frees = 0;
+	if (n && n < s->nr_frees) {
+		memmove(s->frees, s->frees + n, (s->nr_frees - n) * sizeof(*s->frees));
+	}
+	s->nr_frees -= n;
 }
 
 bool vd_qcow2_metadata_dirty(struct qcow2_state *s)
@@ -441,6 +456,9 @@ int vd_qcow2_metadata_flush(struct vd_image *img)
 	}
 	if (img->corrupt) {
 		return -EIO;
+	}
+	if (s->mf.running) {
+		return -EBUSY; /* the owner's job: vd_qcow2_mflush_drain first */
 	}
 	if (s->lazy_refcounts && (l1 || l2) && !s->dirty_set) {
 		ret = vd_qcow2_set_incompat(s, QCOW2_INCOMPAT_DIRTY, true);
@@ -479,7 +497,7 @@ int vd_qcow2_metadata_flush(struct vd_image *img)
 			return ret;
 		}
 	}
-	apply_frees(img);
+	vd_qcow2_apply_frees(img, s->nr_frees);
 	return 0;
 }
 

@@ -1251,6 +1251,7 @@ static void qcow2_queue_fini(struct vd_image *img, struct vd_image_queue *iq)
 	}
 	if (q->owner) {
 		/* write back what this thread changed while it is still quiet */
+		vd_qcow2_mflush_drain(img);
 		if (!img->readonly && !img->corrupt && s->refcounts_loaded) {
 			(void)vd_qcow2_metadata_flush(img);
 		}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # qcow2 through vdiskd to simguest: verified workloads (several queues, flush,
-# discard) on a fresh qcow2 image ("single") and on the top of a 2-deep
+# discard; the second with a tiny L2 cache) on a fresh qcow2 image ("single") and on the top of a 2-deep
 # overlay chain raw <- qcow2 <- qcow2 ("chain"); afterwards the images pass
 # `vdisk`'s check (qcow2-tool) and `qemu-img check` when qemu-img is there.
 #   func-qcow2.sh QCOW2_TOOL single|chain
@@ -33,13 +33,14 @@ SEED=${VD_SEED:-$((RANDOM * 32768 + RANDOM))}
 # the chain shows its backing files' data where the guest never wrote
 INITIAL=()
 [ "$KIND" = chain ] && INITIAL=(--no-verify-initial)
+ATTACH=()
 run_guest() { # name, guest options...
 	local name=$1
 	shift
 	echo "guest $name: $* (seed $SEED; replay with VD_SEED=$SEED)"
 	vd_guest_start "$name" $DOMID --seed "$SEED" "${INITIAL[@]}" "$@"
 	vd_wait_domain $DOMID
-	vd_attach $DOMID $VDEV "$IMG" --format qcow2
+	vd_attach $DOMID $VDEV "$IMG" --format qcow2 "${ATTACH[@]}"
 	vd_guest_check "$name" 180
 	vd_guest_summary "$name"
 	vd_assert_alive vdiskd hv
@@ -48,6 +49,9 @@ run_guest() { # name, guest options...
 run_guest g1 --queues 2 --ring-order 2 --iodepth 16 --bs 4k --rw randrw --runtime 2 \
 	--flush-every 16 --discard-every 24
 DOMID=2
+# a tiny L2 cache (four 512-byte slices, 16 needed): every slice dirty, the
+# metadata written back while requests wait for a free slice
+ATTACH=(--l2-cache-size 2048 --l2-cache-entry-size 512)
 run_guest g2 --queues 3 --ring-order 1 --iodepth 8 --bs 64k --rw randwrite --runtime 2 \
 	--flush-every 8 --discard-every 10
 vd_stop vdiskd 15 || vd_fail "vdiskd did not exit 0 on SIGTERM"

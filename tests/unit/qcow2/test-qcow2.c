@@ -512,6 +512,218 @@ static void test_small_cache(void **state)
 	free(b);
 }
 
+/* ---- allocation without a full-cluster COW ---- */
+
+static uint64_t host_of(struct vd_image *img, uint64_t off)
+{
+	struct vd_block_status bs;
+
+	assert_int_equal(vd_image_block_status(img, off, 4096, &bs), 0);
+	assert_true(bs.flags & VD_BLOCK_DATA);
+	return bs.host_offset_bytes;
+}
+
+/*
+ * Allocating writes without a bounce buffer: a partial write pads the
+ * cluster with zeroes, a whole-cluster write goes straight from the
+ * request; a cluster freed by discard and allocated again holds old data,
+ * so a partial write there must still write the zeroes.
+ */
+static void test_fresh_and_reused(void **state)
+{
+	char path[600];
+	struct vd_image_sync *s;
+	struct vd_image *img;
+	struct vd_err err = { 0 };
+	uint8_t *b = xbuf(65536, 0x77);
+	uint64_t h1, h2;
+
+	path_of(path, sizeof(path), "fresh.qcow2");
+	create(path, 64u << 20, NULL);
+	img = open_img(path, NULL);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	/* partial, in fresh file space */
+	sio(s, VD_IO_WRITE, b, 4096, 8192);
+	expect_fill(s, 0, 8192, 0);
+	expect_fill(s, 8192, 4096, 0x77);
+	expect_fill(s, 12288, 65536 - 12288, 0);
+	/* a whole cluster, written straight from the request */
+	sio(s, VD_IO_WRITE, b, 65536, 65536);
+	h1 = host_of(img, 65536);
+	expect_fill(s, 65536, 65536, 0x77);
+	/* free it (durably), then allocate again with a partial write */
+	sio(s, VD_IO_DISCARD, NULL, 65536, 65536);
+	sio(s, VD_IO_FLUSH, NULL, 0, 0);
+	memset(b, 0x11, 4096);
+	sio(s, VD_IO_WRITE, b, 4096, (2 << 20) + 4096);
+	h2 = host_of(img, 2 << 20);
+	assert_int_equal(h2, h1); /* the freed cluster was reused */
+	expect_fill(s, 2 << 20, 4096, 0);
+	expect_fill(s, (2 << 20) + 4096, 4096, 0x11);
+	expect_fill(s, (2 << 20) + 8192, 65536 - 8192, 0);
+	sio(s, VD_IO_FLUSH, NULL, 0, 0);
+	vd_image_sync_close(s);
+	vd_image_close(img);
+	img = open_img(path, NULL);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	expect_fill(s, 0, 8192, 0);
+	expect_fill(s, 8192, 4096, 0x77);
+	expect_fill(s, 12288, 65536 - 12288, 0);
+	expect_fill(s, 65536, 65536, 0);
+	expect_fill(s, 2 << 20, 4096, 0);
+	expect_fill(s, (2 << 20) + 4096, 4096, 0x11);
+	expect_fill(s, (2 << 20) + 8192, 65536 - 8192, 0);
+	vd_image_sync_close(s);
+	{
+		struct vd_check_result res;
+
+		assert_int_equal(vd_image_check(img, false, &res, &err), 0);
+		assert_int_equal(res.corruptions, 0);
+		assert_int_equal(res.leaks, 0);
+	}
+	vd_image_close(img);
+	free(b);
+}
+
+/* ---- asynchronous metadata write-back ---- */
+
+#define NW 48
+
+struct wio {
+	struct vd_io io;
+	struct iovec iov;
+	struct done d;
+	void *ctx;
+	uint8_t *buf;
+};
+
+static void wio_submit(struct vd_image *img, struct vd_image_queue *q, struct wio *w,
+		       enum vd_io_op op, uint64_t off, int fill)
+{
+	memset(&w->io, 0, sizeof(w->io));
+	if (!w->ctx) {
+		w->ctx = calloc(1, vd_image_io_ctx_size(img));
+		w->buf = xbuf(4096, 0);
+	}
+	memset(w->buf, fill, 4096);
+	w->iov.iov_base = w->buf;
+	w->iov.iov_len = 4096;
+	w->io.op = op;
+	if (op == VD_IO_WRITE) {
+		w->io.offset_bytes = off;
+		w->io.len_bytes = 4096;
+		w->io.iov = &w->iov;
+		w->io.iovcnt = 1;
+	}
+	w->io.cb = done_cb;
+	w->io.cb_arg = &w->d;
+	w->io.driver_ctx = w->ctx;
+	w->d.n = 0;
+	w->d.result = -1;
+	vd_image_submit(q, &w->io);
+}
+
+static void wio_wait(struct vd_ioctx *c, struct wio *w, int n)
+{
+	for (int spins = 0; spins < 200000; spins++) {
+		int all = 1;
+
+		for (int i = 0; i < n; i++) {
+			all &= w[i].d.n == 1;
+		}
+		if (all) {
+			return;
+		}
+		if (vd_ioctx_wait(c, 1000000) < 0) {
+			break;
+		}
+	}
+	fail_msg("requests did not complete");
+}
+
+/*
+ * Many allocating writes in flight through a cache of four 512-byte slices
+ * (every slice dirty: requests wait for write-back jobs), flushes among
+ * them; once a flush completes, a second open of the file sees every write
+ * completed before it.
+ */
+static void test_async_writeback(void **state)
+{
+	char path[600];
+	struct vd_image_create_opts co = { .cluster_bytes = 4096 };
+	struct vd_image_opts o = { .cache = VD_CACHE_WRITEBACK,
+				   .l2_cache_bytes = 2048,
+				   .l2_cache_entry_bytes = 512 };
+	struct vd_image_opts ro = { .cache = VD_CACHE_WRITEBACK, .readonly = true };
+	struct vd_image *img, *img2;
+	struct vd_image_queue *q;
+	struct vd_image_sync *s;
+	struct vd_ioctx *c;
+	struct vd_err err = { 0 };
+	struct wio *w = calloc(2 * NW + 2, sizeof(*w));
+
+	path_of(path, sizeof(path), "async.qcow2");
+	create(path, 128u << 20, &co);
+	img = open_img(path, &o);
+	assert_int_equal(vd_ioctx_create(64, &c, &err), 0);
+	assert_int_equal(vd_image_queue_create(img, c, &q), 0);
+	/* round 1: NW writes in distinct slices, then a flush */
+	for (int i = 0; i < NW; i++) {
+		wio_submit(img, q, &w[i], VD_IO_WRITE, (uint64_t)i * (1 << 20) + 4096, i + 1);
+	}
+	wio_wait(c, w, NW);
+	for (int i = 0; i < NW; i++) {
+		assert_int_equal(w[i].d.result, 4096);
+	}
+	/* round 2 in flight with the flush */
+	wio_submit(img, q, &w[NW], VD_IO_FLUSH, 0, 0);
+	for (int i = NW + 1; i < 2 * NW + 1; i++) {
+		wio_submit(img, q, &w[i], VD_IO_WRITE,
+			   (uint64_t)(i - NW - 1) * (1 << 20) + (512 << 10), i);
+	}
+	wio_submit(img, q, &w[2 * NW + 1], VD_IO_FLUSH, 0, 0);
+	wio_wait(c, &w[NW], 1);
+	assert_int_equal(w[NW].d.result, 0);
+	/* what the first flush covers is on disk, in a consistent image */
+	ro.format = "qcow2";
+	assert_int_equal(vd_image_open(path, &ro, &img2, &err), 0);
+	assert_int_equal(vd_image_sync_open(img2, &s, &err), 0);
+	for (int i = 0; i < NW; i++) {
+		expect_fill(s, (uint64_t)i * (1 << 20) + 4096, 4096, i + 1);
+		expect_fill(s, (uint64_t)i * (1 << 20), 4096, 0);
+	}
+	vd_image_sync_close(s);
+	vd_image_close(img2);
+	wio_wait(c, w, 2 * NW + 2);
+	for (int i = NW + 1; i < 2 * NW + 2; i++) {
+		assert_int_equal(w[i].d.result, i == 2 * NW + 1 ? 0 : 4096);
+	}
+	assert_false(qcow2_s(img)->mf.running);
+	vd_image_queue_destroy(q);
+	vd_ioctx_destroy(c);
+	vd_image_close(img);
+	img = open_img(path, NULL);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	for (int i = 0; i < NW; i++) {
+		expect_fill(s, (uint64_t)i * (1 << 20) + 4096, 4096, i + 1);
+		expect_fill(s, (uint64_t)i * (1 << 20) + (512 << 10), 4096, i + NW + 1);
+	}
+	vd_image_sync_close(s);
+	{
+		struct vd_check_result res;
+
+		assert_int_equal(vd_image_check(img, false, &res, &err), 0);
+		assert_int_equal(res.corruptions, 0);
+		assert_int_equal(res.leaks, 0);
+	}
+	vd_image_close(img);
+	for (int i = 0; i < 2 * NW + 2; i++) {
+		free(w[i].ctx);
+		free(w[i].buf);
+	}
+	free(w);
+}
+
 /* ---- lazy refcounts: the dirty bit ---- */
 
 static uint64_t incompat_of(const char *path)
@@ -633,6 +845,8 @@ int main(void)
 		cmocka_unit_test(test_backing),
 		cmocka_unit_test(test_two_queues_overlap),
 		cmocka_unit_test(test_small_cache),
+		cmocka_unit_test(test_fresh_and_reused),
+		cmocka_unit_test(test_async_writeback),
 		cmocka_unit_test(test_lazy),
 		cmocka_unit_test(test_check_repair),
 		cmocka_unit_test(test_resize),
