@@ -193,6 +193,7 @@ static void show_queue(const struct vd_queue_stats *b, const struct vd_queue_sta
 	struct vd_queue_stats z;
 	uint64_t lat[VD_QUEUE_LAT_BUCKETS];
 	uint64_t reqs, batches, breqs, bmax = 0;
+	uint64_t pg_hits, pg_lookups;
 
 	if (a == NULL) {
 		memset(&z, 0, sizeof(z));
@@ -209,6 +210,11 @@ static void show_queue(const struct vd_queue_stats *b, const struct vd_queue_sta
 	reqs = d(b->reqs, a->reqs);
 	batches = d(b->batches, a->batches);
 	breqs = d(b->batch_reqs, a->batch_reqs);
+	/* Every persistent-grant lookup ends in one of these four. */
+	pg_hits = d(b->pgrant_hits, a->pgrant_hits);
+	pg_lookups = pg_hits + d(b->pgrant_maps, a->pgrant_maps) +
+		     d(b->pgrant_map_fails, a->pgrant_map_fails) +
+		     d(b->pgrant_full, a->pgrant_full);
 	if (json) {
 		printf("%s{\"queue\": %u, \"iops\": %.0f, \"read_mbps\": %.2f, \"write_mbps\": %.2f, "
 		       "\"reqs\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"invalid\": %" PRIu64
@@ -220,7 +226,10 @@ static void show_queue(const struct vd_queue_stats *b, const struct vd_queue_sta
 		       ", \"grant_copy_calls\": %" PRIu64 ", \"grant_copy_segs\": %" PRIu64
 		       ", \"pool_stalls\": %" PRIu64 ", \"lat_p50_us\": %" PRIu64
 		       ", \"lat_p90_us\": %" PRIu64 ", \"lat_p99_us\": %" PRIu64
-		       ", \"lat_p999_us\": %" PRIu64 "}",
+		       ", \"lat_p999_us\": %" PRIu64 ", \"pgrant_hits\": %" PRIu64
+		       ", \"pgrant_maps\": %" PRIu64 ", \"pgrant_map_fails\": %" PRIu64
+		       ", \"pgrant_full\": %" PRIu64 ", \"pgrant_evictions\": %" PRIu64
+		       ", \"zero_copy_reqs\": %" PRIu64 "}",
 		       first ? "" : ", ", idx, (double)reqs / secs,
 		       (double)d(b->bytes_read, a->bytes_read) / secs / 1e6,
 		       (double)d(b->bytes_written, a->bytes_written) / secs / 1e6, reqs,
@@ -233,26 +242,34 @@ static void show_queue(const struct vd_queue_stats *b, const struct vd_queue_sta
 		       d(b->grant_copy_calls, a->grant_copy_calls),
 		       d(b->grant_copy_segs, a->grant_copy_segs), d(b->pool_stalls, a->pool_stalls),
 		       vd_queue_lat_percentile(lat, 50), vd_queue_lat_percentile(lat, 90),
-		       vd_queue_lat_percentile(lat, 99), vd_queue_lat_percentile(lat, 99.9));
+		       vd_queue_lat_percentile(lat, 99), vd_queue_lat_percentile(lat, 99.9),
+		       pg_hits, d(b->pgrant_maps, a->pgrant_maps),
+		       d(b->pgrant_map_fails, a->pgrant_map_fails),
+		       d(b->pgrant_full, a->pgrant_full),
+		       d(b->pgrant_evictions, a->pgrant_evictions),
+		       d(b->zero_copy_reqs, a->zero_copy_reqs));
 		return;
 	}
 	printf("%5u %9.0f %8.2f %8.2f %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %8" PRIu64
-	       " %8" PRIu64 " %6.1f %5" PRIu64 "  %" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64
-	       "\n",
+	       " %8" PRIu64 " %6.1f %5" PRIu64 " %6.1f %10" PRIu64 "  %" PRIu64 "/%" PRIu64
+	       "/%" PRIu64 "/%" PRIu64 "\n",
 	       idx, (double)reqs / secs, (double)d(b->bytes_read, a->bytes_read) / secs / 1e6,
 	       (double)d(b->bytes_written, a->bytes_written) / secs / 1e6, reqs,
 	       d(b->wakeups, a->wakeups), d(b->polls_empty, a->polls_empty),
 	       d(b->sleeps, a->sleeps), d(b->evtchn_kicks, a->evtchn_kicks),
 	       batches ? (double)breqs / (double)batches : 0.0, bmax,
-	       vd_queue_lat_percentile(lat, 50), vd_queue_lat_percentile(lat, 90),
-	       vd_queue_lat_percentile(lat, 99), vd_queue_lat_percentile(lat, 99.9));
+	       pg_lookups ? 100.0 * (double)pg_hits / (double)pg_lookups : 0.0,
+	       d(b->zero_copy_reqs, a->zero_copy_reqs), vd_queue_lat_percentile(lat, 50),
+	       vd_queue_lat_percentile(lat, 90), vd_queue_lat_percentile(lat, 99),
+	       vd_queue_lat_percentile(lat, 99.9));
 }
 
 static void stats_usage(FILE *f)
 {
 	fprintf(f, "usage: vdisk stats DOMID VDEV [--interval SECONDS] [--json]\n"
 		   "  per-queue IOPS, MB/s, requests, polls that found work / empty polls,\n"
-		   "  sleeps, event channel kicks, batch sizes and latency percentiles (us),\n"
+		   "  sleeps, event channel kicks, batch sizes, persistent-grant hit rate,\n"
+		   "  zero-copy requests and latency percentiles (us),\n"
 		   "  over SECONDS (default 1; 0: since the queues started).\n");
 }
 
@@ -342,9 +359,10 @@ int vd_cli_stats(int argc, char **argv)
 			       domid, devid, b->nr_queues, b->poll_us, b->poll_idle_pct,
 			       (double)(rates ? d(cpu, cpu_a) : cpu) / 1e6,
 			       rates ? "over the interval" : "since start");
-			printf("%5s %9s %8s %8s %10s %10s %10s %8s %8s %6s %5s  %s\n", "queue",
-			       "IOPS", "rd MB/s", "wr MB/s", "reqs", "polls+", "polls-", "sleeps",
-			       "kicks", "batch", "max", "lat p50/p90/p99/p99.9 us");
+			printf("%5s %9s %8s %8s %10s %10s %10s %8s %8s %6s %5s %6s %10s  %s\n",
+			       "queue", "IOPS", "rd MB/s", "wr MB/s", "reqs", "polls+", "polls-",
+			       "sleeps", "kicks", "batch", "max", "pgrnt%", "zerocopy",
+			       "lat p50/p90/p99/p99.9 us");
 		}
 		for (unsigned int i = 0; i < b->nr_queues; i++) {
 			show_queue(&b->q[i], rates ? &a->q[i] : NULL, rates ? secs : 1.0, i, json,

@@ -33,6 +33,8 @@ static void usage(FILE *f)
 		"  attach DOMID VDEV IMAGE [--format raw] [--readonly] [--io uring|sync|null|mem]\n"
 		"         [--size BYTES] [--cache direct|writeback] [--max-queues N]\n"
 		"         [--l2-cache-size BYTES] [--l2-cache-entry-size BYTES]   (qcow2)\n"
+		"         [--polling-duration US] [--polling-idle-threshold PCT]\n"
+		"         [--zero-copy 0|1] [--io-fixed 0|1]\n"
 		"  detach DOMID VDEV [--timeout SECONDS] [--force]\n"
 		"  list [--json]\n"
 		"Images:\n"
@@ -117,6 +119,10 @@ static int cmd_attach(int argc, char **argv)
 		{ "max-queues", required_argument, NULL, 'q' },
 		{ "l2-cache-size", required_argument, NULL, 'L' },
 		{ "l2-cache-entry-size", required_argument, NULL, 'E' },
+		{ "polling-duration", required_argument, NULL, 'P' },
+		{ "polling-idle-threshold", required_argument, NULL, 'T' },
+		{ "zero-copy", required_argument, NULL, 'Z' },
+		{ "io-fixed", required_argument, NULL, 'X' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -127,7 +133,7 @@ static int cmd_attach(int argc, char **argv)
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:P:T:Z:X:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			o.format = optarg;
@@ -163,6 +169,36 @@ static int cmd_attach(int argc, char **argv)
 			if (vd_ctl_parse_size(optarg, &o.l2_cache_entry_bytes) < 0 ||
 			    o.l2_cache_entry_bytes == 0) {
 				return usage_error("invalid --l2-cache-entry-size '%s'", optarg);
+			}
+			break;
+		case 'P':
+			if (vd_ctl_parse_u64(optarg, VD_CTL_POLL_US_MAX, &v) < 0) {
+				return usage_error(
+					"invalid --polling-duration '%s' (0..1000000 us)", optarg);
+			}
+			o.polling_us = (uint32_t)v;
+			o.have_polling_us = true;
+			break;
+		case 'T':
+			if (vd_ctl_parse_u64(optarg, 100, &v) < 0) {
+				return usage_error("invalid --polling-idle-threshold '%s' (0..100)",
+						   optarg);
+			}
+			o.poll_idle_pct = (uint32_t)v;
+			o.have_poll_idle_pct = true;
+			break;
+		case 'Z':
+		case 'X':
+			if (vd_ctl_parse_u64(optarg, 1, &v) < 0) {
+				return usage_error("invalid --zero-copy/--io-fixed '%s' (0 or 1)",
+						   optarg);
+			}
+			if (c == 'Z') {
+				o.zero_copy = v != 0;
+				o.have_zero_copy = true;
+			} else {
+				o.io_fixed = v != 0;
+				o.have_io_fixed = true;
 			}
 			break;
 		case 'h':

@@ -89,6 +89,8 @@ void vd_ctl_json_string(FILE *f, const char *s);
 
 /* ---- toolstack commands (toolstack.c), one transaction each ---- */
 
+#define VD_CTL_POLL_US_MAX 1000000u /* the daemon's bound, VD_QUEUE_MAX_POLL_US */
+
 struct vd_attach_opts {
 	uint16_t domid;         /* 1..VD_CTL_DOMID_MAX */
 	uint32_t vdev;          /* from vd_ctl_parse_vdev */
@@ -103,7 +105,13 @@ struct vd_attach_opts {
 	unsigned int max_queues;       /* 0: not written */
 	uint64_t l2_cache_bytes;       /* qcow2 l2-cache-size; 0: not written */
 	uint64_t l2_cache_entry_bytes; /* qcow2 l2-cache-entry-size; 0: not written */
-	bool check_image;              /* check IMAGE exists and is readable (not for null/mem) */
+	/* The queues' tunables; each written only when its have_ flag is set. */
+	bool have_polling_us, have_poll_idle_pct, have_zero_copy, have_io_fixed;
+	uint32_t polling_us;    /* polling-duration, 0..VD_CTL_POLL_US_MAX (0: off) */
+	uint32_t poll_idle_pct; /* polling-idle-threshold, 0..100 */
+	bool zero_copy;         /* zero-copy: O_DIRECT straight to mapped guest pages */
+	bool io_fixed;          /* io-fixed: io_uring registered buffers and files */
+	bool check_image;       /* check IMAGE exists and is readable (not for null/mem) */
 };
 
 /*

@@ -202,6 +202,37 @@ struct attach_ctx {
 	struct vbd_paths p;
 };
 
+/* The queues' knobs the worker reads at connect (worker.c read_tunable). */
+static int write_tunables(struct xs_handle *xs, xs_transaction_t t, const char *be,
+			  const struct vd_attach_opts *o, struct xs_permissions *perms,
+			  struct vd_err *err)
+{
+	char buf[24];
+	int r;
+
+	if (o->have_polling_us) {
+		snprintf(buf, sizeof(buf), "%" PRIu32, o->polling_us);
+		if ((r = xwrite(xs, t, be, "polling-duration", buf, perms, 2, err)) < 0) {
+			return r;
+		}
+	}
+	if (o->have_poll_idle_pct) {
+		snprintf(buf, sizeof(buf), "%" PRIu32, o->poll_idle_pct);
+		if ((r = xwrite(xs, t, be, "polling-idle-threshold", buf, perms, 2, err)) < 0) {
+			return r;
+		}
+	}
+	if (o->have_zero_copy &&
+	    (r = xwrite(xs, t, be, "zero-copy", o->zero_copy ? "1" : "0", perms, 2, err)) < 0) {
+		return r;
+	}
+	if (o->have_io_fixed &&
+	    (r = xwrite(xs, t, be, "io-fixed", o->io_fixed ? "1" : "0", perms, 2, err)) < 0) {
+		return r;
+	}
+	return 0;
+}
+
 static int attach_txn(struct xs_handle *xs, xs_transaction_t t, void *arg, struct vd_err *err)
 {
 	struct attach_ctx *c = arg;
@@ -294,6 +325,10 @@ static int attach_txn(struct xs_handle *xs, xs_transaction_t t, void *arg, struc
 		}
 	}
 
+	if ((r = write_tunables(xs, t, c->p.be, o, be_perms, err)) < 0) {
+		return r;
+	}
+
 	/* Frontend side: the guest owns it, dom0 may read it. */
 	if ((r = ensure_dir(xs, t, c->p.fe_device, fe_perms, 2, err)) < 0 ||
 	    (r = ensure_dir(xs, t, c->p.fe_parent, fe_perms, 2, err)) < 0 ||
@@ -336,6 +371,14 @@ int vd_ctl_attach(struct xs_handle *xs, const struct vd_attach_opts *o, struct v
 	    strcmp(o->cache, "writeback") != 0) {
 		return vd_err_set(err, EINVAL, "unknown cache mode '%s' (direct, writeback)",
 				  o->cache);
+	}
+	if (o->have_polling_us && o->polling_us > VD_CTL_POLL_US_MAX) {
+		return vd_err_set(err, EINVAL, "polling-duration %u us above %u", o->polling_us,
+				  VD_CTL_POLL_US_MAX);
+	}
+	if (o->have_poll_idle_pct && o->poll_idle_pct > 100) {
+		return vd_err_set(err, EINVAL, "polling-idle-threshold %u%% above 100",
+				  o->poll_idle_pct);
 	}
 	if (o->max_queues > 16) {
 		return vd_err_set(err, EINVAL, "max-queues %u above 16", o->max_queues);

@@ -111,6 +111,8 @@ static void test_attach_keys_and_perms(void **state)
 	expect(BE5 "/51712/format", "raw");
 	expect(BE5 "/51712/io-backend", "uring");
 	expect(BE5 "/51712/size", NULL);
+	expect(BE5 "/51712/polling-duration", NULL); /* the daemon's defaults */
+	expect(BE5 "/51712/zero-copy", NULL);
 	expect(FE5 "/51712/backend", BE5 "/51712");
 	expect(FE5 "/51712/backend-id", "0");
 	expect(FE5 "/51712/state", "1");
@@ -174,7 +176,32 @@ static void test_attach_options(void **state)
 	o.cache = "writeback";
 	o.l2_cache_bytes = 4u << 20;
 	o.l2_cache_entry_bytes = 4096;
+
+	/* The queue tunables: out of range refused, nothing written. */
+	o.have_polling_us = true;
+	o.polling_us = VD_CTL_POLL_US_MAX + 1;
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(vd_ctl_attach(g_xs, &o, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "polling-duration"));
+	expect(BE5 "/51728", NULL);
+	o.polling_us = 0;
+	o.have_poll_idle_pct = true;
+	o.poll_idle_pct = 101;
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(vd_ctl_attach(g_xs, &o, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "polling-idle-threshold"));
+	expect(BE5 "/51728", NULL);
+	o.poll_idle_pct = 35;
+	o.have_zero_copy = true;
+	o.zero_copy = false;
+	o.have_io_fixed = true;
+	o.io_fixed = true;
+	memset(&err, 0, sizeof(err));
 	assert_int_equal(vd_ctl_attach(g_xs, &o, &err), 0);
+	expect(BE5 "/51728/polling-duration", "0");
+	expect(BE5 "/51728/polling-idle-threshold", "35");
+	expect(BE5 "/51728/zero-copy", "0");
+	expect(BE5 "/51728/io-fixed", "1");
 	expect(BE5 "/51728/l2-cache-size", "4194304");
 	expect(BE5 "/51728/l2-cache-entry-size", "4096");
 	expect(BE5 "/51728/size", "1073741824");
