@@ -32,6 +32,13 @@
 # the allocation cases) to last about BENCH_RUNTIME seconds. qemu-img bench
 # reports only the elapsed time: IOPS = COUNT / time, no latency percentiles.
 #
+# BENCH_ENGINE=1 adds the system "engine": vdisk's image engine alone
+# (tests/unit/qcow2/qcow2-bench: one io_uring context, O_DIRECT, no rings,
+# no grant copies, no simguest) with qemu-img bench's exact arguments and
+# request count, on its own copy of the image: the format engines compared
+# without vdisk's transport in between (qcow2 and raw; "vdisk" rows include
+# the simulated guest's round trip, which qemu-img bench does not have).
+#
 # Variants (BENCH_VARIANTS, default "base l2all flush"; the workload name
 # gets the suffix):
 #   base     the daemon's and qemu-img's defaults: default L2 cache, no flush.
@@ -87,6 +94,7 @@ VARIANTS=${BENCH_VARIANTS:-base l2all flush}
 FORMATS=${BENCH_FORMATS:-vhd qcow2}
 FLUSH_EVERY=${BENCH_FLUSH_EVERY:-64}
 L2_SMALL=${BENCH_L2_SMALL:-}
+ENGINE=${BENCH_ENGINE:-0}
 CLUSTER=65536
 # per-case extras, set by the variant loops
 GUEST_EXTRA=()
@@ -100,6 +108,11 @@ for t in fio qemu-img python3 xenstore-write; do
 done
 
 vd_setup fmtbench
+ENGINE_BIN=${VDISK_BUILD_DIR:-$VDISK_SOURCE_DIR/build}/tests/unit/qcow2/qcow2-bench
+if [ "$ENGINE" = 1 ] && [ ! -x "$ENGINE_BIN" ]; then
+	echo "bench: BENCH_ENGINE=1 needs $ENGINE_BIN (build it)" >&2
+	exit 2
+fi
 export VDISK_RUN_DIR=$VD_TMP/run
 SIZE_BYTES=$(numfmt --from=iec "$SIZE")
 RAW=$VD_TMP/filled.raw
@@ -249,6 +262,33 @@ run_qemu() {
 		qbench "$qfmt" "$img" -c "$count" -d "$qd" -s "$bs" "$@" 2>&1
 	} >"$raw" || true
 	record "$c" "$fmt" "$wl" qemu-img qemu "$raw" "$count" "$(numfmt --from=iec "${bs^^}")"
+	run_engine "${c%-qemu-img}-engine" "$fmt" "$wl" "$img" "$fresh" "$bs" "$qd" "$count" "$@"
+}
+
+# run_engine CASE FORMAT WORKLOAD IMAGE FRESH BS QD COUNT QEMU-ARGS...: the
+# engine alone (BENCH_ENGINE=1), with qemu-img bench's arguments and count,
+# on a fresh image of its own (FRESH=1) or the same allocated image.
+run_engine() {
+	local c=$1 fmt=$2 wl=$3 img=$4 fresh=$5 bs=$6 qd=$7 count=$8 raw=$OUT/raw/$1.txt a
+	local args=()
+	shift 8
+	[ "$ENGINE" = 1 ] && [ "$fmt" != vhd ] && want "$c" || return 0
+	vd_log "case $c"
+	for a in "$@"; do
+		[ "$a" = --no-drain ] || args+=("$a") # the harness never drains
+	done
+	[ -n "$QEMU_L2" ] && args+=(--l2-cache-size "$QEMU_L2")
+	for a in "${QEMU_EXTRA[@]}"; do
+		[ "$a" = --no-drain ] || args+=("$a")
+	done
+	if [ "$fresh" = 1 ]; then
+		new_image "$fmt" "$img"
+	fi
+	{
+		echo "+ qcow2-bench -c $count -d $qd -s $bs ${args[*]} $img"
+		"$ENGINE_BIN" -c "$count" -d "$qd" -s "$bs" "${args[@]}" "$img" 2>&1
+	} >"$raw" || true
+	record "$c" "$fmt" "$wl" engine qemu "$raw" "$count" "$(numfmt --from=iec "${bs^^}")"
 }
 
 # new_image FMT PATH: a fresh, empty image of SIZE.
@@ -410,14 +450,17 @@ print(hdr % ("format", "workload", "system", "IOPS", "MB/s", "p50 us", "p99 us",
 for wl in wls:
     for fmt, system in (("raw", "fio"), ("raw", "vdisk"), ("raw", "qemu-img"),
                         ("vhd", "vdisk"), ("vhd", "qemu-img"),
-                        ("qcow2", "vdisk"), ("qcow2", "qemu-img")):
+                        ("raw", "engine"), ("qcow2", "vdisk"), ("qcow2", "qemu-img"),
+                        ("qcow2", "engine")):
         r = by.get((fmt, wl, system))
         if r:
             print(hdr % (fmt, wl, system, r["iops"], r["mbps"], r["p50_us"].replace("nan", "-"),
                          r["p99_us"].replace("nan", "-"), r["status"]))
     print()
-print("ratios: IOPS (MB/s for 1M): vdisk / qemu-img bench, vdisk / fio on raw")
-print("%-7s %-16s %14s %12s" % ("format", "workload", "vdisk/qemu-img", "vdisk/fio"))
+print("ratios: IOPS (MB/s for 1M): vdisk / qemu-img bench, vdisk / fio on raw,")
+print("engine alone (BENCH_ENGINE=1) / qemu-img bench")
+print("%-7s %-16s %14s %12s %15s" % ("format", "workload", "vdisk/qemu-img", "vdisk/fio",
+                                      "engine/qemu-img"))
 for fmt in ("raw", "vhd", "qcow2"):
     for wl in wls:
         if (fmt, wl, "vdisk") not in by:
@@ -427,6 +470,8 @@ for fmt in ("raw", "vhd", "qcow2"):
         v, q, f = g(fmt, "vdisk"), g(fmt, "qemu-img"), g("raw", "fio")
         rq = v / q if q and q == q and v == v else float("nan")
         rf = v / f if f and f == f and v == v else float("nan")
-        print("%-7s %-16s %14.2f %12.2f" % (fmt, wl, rq, rf))
+        e = g(fmt, "engine")
+        re_ = e / q if q and q == q and e == e else float("nan")
+        print("%-7s %-16s %14.2f %12.2f %15.2f" % (fmt, wl, rq, rf, re_))
 EOF
 vd_log "results in $OUT"
