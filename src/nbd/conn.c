@@ -299,6 +299,13 @@ static void conn_kill(struct nbd_conn *c, const char *why)
 	}
 	c->dead = true;
 	vd_ioctx_unwatch_fd(c->t->ioctx, c->fd);
+	/*
+	 * The io_uring poll on the socket holds its own file reference until
+	 * the cancel above has been reaped: close() alone may leave the client
+	 * waiting for EOF until this thread's next wake-up. shutdown() ends the
+	 * connection now, whoever still holds the file.
+	 */
+	(void)shutdown(c->fd, SHUT_RDWR);
 	close(c->fd);
 	c->fd = -1;
 	if (c->epfd >= 0) {
