@@ -58,6 +58,9 @@
 
 #define QCOW2_MAGIC 0x514649fbu
 
+/* How far ahead of the allocator the file is grown (fallocate) */
+#define VD_QCOW2_PREALLOC_BYTES (4u << 20)
+
 #define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
 #define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
 #define QCOW2_INCOMPAT_DATA_FILE   (1ull << 2)
@@ -231,6 +234,14 @@ struct qcow2_state {
 	bool reftable_dirty;     /* a refcount block was added since the table was written */
 	uint64_t free_cursor;    /* lowest cluster index that may be free */
 	uint64_t file_end_bytes; /* end of the highest allocated cluster (>= file size) */
+	/*
+	 * The file is extended by fallocate ahead of the allocator, so that
+	 * allocating O_DIRECT writes land inside the file (an extending
+	 * O_DIRECT write serialises on the inode in ext4/xfs): the file's
+	 * size as we last made it, and false once fallocate is refused.
+	 */
+	uint64_t prealloc_end_bytes;
+	bool prealloc;
 	struct qcow2_free *frees;
 	uint32_t nr_frees, max_frees;
 

@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,6 +156,8 @@ int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 	free(buf);
 	s->free_cursor = 1;
 	s->file_end_bytes = VD_ALIGN_UP(fsz, s->cluster_bytes);
+	s->prealloc_end_bytes = fsz;
+	s->prealloc = s->file->fd >= 0 && !img->readonly;
 	s->refcounts_loaded = true;
 	return 0;
 }
@@ -327,6 +330,30 @@ static int grow_reftable(struct vd_image *img, uint64_t min_entries)
 	return vd_qcow2_free_later(img, old_off, VD_ALIGN_UP(old_len, s->cluster_bytes));
 }
 
+/*
+ * Grow the file with fallocate (mode 0: allocates, extends, never touches
+ * data) in steps of VD_QCOW2_PREALLOC_BYTES ahead of a new cluster that
+ * ends past it. Best effort: the cluster's write extends the file anyway if
+ * this fails, so a refusal only switches it off. A crash leaves the
+ * unreferenced tail, which no check counts as a leak; close trims it.
+ */
+static void prealloc_ahead(struct qcow2_state *s, uint64_t end_bytes)
+{
+	uint64_t step = VD_MAX((uint64_t)VD_QCOW2_PREALLOC_BYTES, s->cluster_bytes);
+	uint64_t to;
+
+	if (!s->prealloc || end_bytes <= s->prealloc_end_bytes) {
+		return;
+	}
+	to = VD_ALIGN_UP(end_bytes, step);
+	if (fallocate(s->file->fd, 0, (off_t)s->prealloc_end_bytes,
+		      (off_t)(to - s->prealloc_end_bytes)) < 0) {
+		s->prealloc = false;
+		return;
+	}
+	s->prealloc_end_bytes = to;
+}
+
 int64_t vd_qcow2_alloc_cluster(struct vd_image *img)
 {
 	struct qcow2_state *s = qcow2_s(img);
@@ -368,6 +395,7 @@ int64_t vd_qcow2_alloc_cluster(struct vd_image *img)
 			refcount_set(s, c, 1);
 			s->free_cursor = c + 1;
 			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);
+			prealloc_ahead(s, (c + 1) * s->cluster_bytes);
 			return (int64_t)(c * s->cluster_bytes);
 		}
 	}

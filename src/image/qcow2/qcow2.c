@@ -725,6 +725,9 @@ static void qcow2_close(struct vd_image *img)
 		if (ret < 0) {
 			vd_log(VD_LOG_ERR, "qcow2: %s: writing metadata back on close: %s",
 			       img->path, strerror(-ret));
+		} else if (s->prealloc_end_bytes > s->file_end_bytes) {
+			/* trim what fallocate grew ahead of the allocator, unused */
+			(void)vd_file_resize(s->file, s->file_end_bytes);
 		}
 	}
 	vd_image_close(img->backing);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -585,6 +586,66 @@ static void test_fresh_and_reused(void **state)
 	free(b);
 }
 
+/*
+ * The file grows by fallocate in VD_QCOW2_PREALLOC_BYTES steps ahead of
+ * the allocator (allocating writes then land inside the file); data and
+ * checks are unchanged, and close trims the unused tail.
+ */
+static void test_prealloc_ahead(void **state)
+{
+	char path[600];
+	struct vd_image_sync *s;
+	struct vd_image *img;
+	struct vd_err err = { 0 };
+	struct qcow2_state *qs;
+	uint8_t *b = xbuf(4096, 0x5c);
+	struct stat st;
+	uint64_t used;
+
+	(void)state;
+	path_of(path, sizeof(path), "prealloc.qcow2");
+	create(path, 1ull << 30, NULL);
+	img = open_img(path, NULL);
+	qs = qcow2_s(img);
+	assert_true(qs->prealloc);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	/* 40 clusters, scattered: every write allocates a data cluster */
+	for (uint64_t i = 0; i < 40; i++) {
+		sio(s, VD_IO_WRITE, b, 4096, i * (24ull << 20) + 8192);
+	}
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(qs->prealloc_end_bytes % VD_QCOW2_PREALLOC_BYTES == 0);
+	assert_int_equal((uint64_t)st.st_size, qs->prealloc_end_bytes);
+	assert_true(qs->prealloc_end_bytes > qs->file_end_bytes);
+	used = qs->file_end_bytes;
+	for (uint64_t i = 0; i < 40; i++) {
+		expect_fill(s, i * (24ull << 20), 8192, 0);
+		expect_fill(s, i * (24ull << 20) + 8192, 4096, 0x5c);
+		expect_fill(s, i * (24ull << 20) + 12288, 65536 - 12288, 0);
+	}
+	sio(s, VD_IO_FLUSH, NULL, 0, 0);
+	vd_image_sync_close(s);
+	vd_image_close(img);
+	/* closed: the tail is gone, everything else intact */
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, used);
+	img = open_img(path, NULL);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	for (uint64_t i = 0; i < 40; i++) {
+		expect_fill(s, i * (24ull << 20) + 8192, 4096, 0x5c);
+	}
+	vd_image_sync_close(s);
+	{
+		struct vd_check_result res;
+
+		assert_int_equal(vd_image_check(img, false, &res, &err), 0);
+		assert_int_equal(res.corruptions, 0);
+		assert_int_equal(res.leaks, 0);
+	}
+	vd_image_close(img);
+	free(b);
+}
+
 /* ---- asynchronous metadata write-back ---- */
 
 #define NW 48
@@ -839,17 +900,12 @@ static void test_resize(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_hostile_headers),
-		cmocka_unit_test(test_corrupt_bit),
-		cmocka_unit_test(test_rw_discard),
-		cmocka_unit_test(test_backing),
-		cmocka_unit_test(test_two_queues_overlap),
-		cmocka_unit_test(test_small_cache),
-		cmocka_unit_test(test_fresh_and_reused),
-		cmocka_unit_test(test_async_writeback),
-		cmocka_unit_test(test_lazy),
-		cmocka_unit_test(test_check_repair),
-		cmocka_unit_test(test_resize),
+		cmocka_unit_test(test_hostile_headers),    cmocka_unit_test(test_corrupt_bit),
+		cmocka_unit_test(test_rw_discard),         cmocka_unit_test(test_backing),
+		cmocka_unit_test(test_two_queues_overlap), cmocka_unit_test(test_small_cache),
+		cmocka_unit_test(test_fresh_and_reused),   cmocka_unit_test(test_prealloc_ahead),
+		cmocka_unit_test(test_async_writeback),    cmocka_unit_test(test_lazy),
+		cmocka_unit_test(test_check_repair),       cmocka_unit_test(test_resize),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
