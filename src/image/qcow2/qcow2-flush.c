@@ -228,20 +228,6 @@ static int start(struct vd_image *img)
 	return 0;
 }
 
-static void wake(struct qcow2_req *list, int err)
-{
-	while (list) {
-		struct qcow2_req *r = list;
-
-		list = r->next;
-		r->next = NULL;
-		if (err < 0 && r->result >= 0) {
-			r->result = err;
-		}
-		vd_qcow2_run(r);
-	}
-}
-
 static void done(struct vd_image *img)
 {
 	struct qcow2_state *s = qcow2_s(img);
@@ -285,11 +271,11 @@ static void done(struct vd_image *img)
 		int ret = begin(img, nw);
 
 		if (ret < 0) {
-			wake(nw, ret);
+			vd_qcow2_wake(nw, ret);
 		}
 	}
-	wake(w, err);
-	wake(sw, err);
+	vd_qcow2_wake(w, err);
+	vd_qcow2_wake(sw, err);
 }
 
 static void advance(struct vd_image *img)

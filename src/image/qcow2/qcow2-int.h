@@ -429,5 +429,7 @@ uint64_t vd_qcow2_l1_chunk(const struct qcow2_state *s);
 extern const size_t vd_qcow2_io_ctx_size;
 void vd_qcow2_submit(struct vd_image *img, struct vd_image_queue *iq, struct vd_io *io);
 void vd_qcow2_run(struct qcow2_req *req); /* resume a waiting request */
+/* Resume every request of a waiters list (linked by next); err < 0 fails them first. */
+void vd_qcow2_wake(struct qcow2_req *list, int err);
 
 #endif

@@ -1053,6 +1053,20 @@ static void step(struct qcow2_req *req)
 	}
 }
 
+void vd_qcow2_wake(struct qcow2_req *list, int err)
+{
+	while (list) {
+		struct qcow2_req *r = list;
+
+		list = r->next;
+		r->next = NULL;
+		if (err < 0 && r->result >= 0) {
+			r->result = err;
+		}
+		vd_qcow2_run(r);
+	}
+}
+
 void vd_qcow2_run(struct qcow2_req *req)
 {
 	if (req->result < 0) {

@@ -132,20 +132,6 @@ static void lru_add(struct qcow2_state *s, struct qcow2_slice *sl, bool head)
 	}
 }
 
-static void wake(struct qcow2_req *list, int err)
-{
-	while (list) {
-		struct qcow2_req *r = list;
-
-		list = r->next;
-		r->next = NULL;
-		if (err < 0 && r->result >= 0) {
-			r->result = err;
-		}
-		vd_qcow2_run(r);
-	}
-}
-
 enum victim_mode {
 	V_SYNC,  /* control thread: may write back synchronously */
 	V_ASYNC, /* owner with a request to park: start a write-back job */
@@ -209,8 +195,8 @@ static void slice_loaded(struct vd_file_req *freq, int64_t result)
 	} else {
 		lru_add(s, sl, false);
 	}
-	wake(w, err);
-	wake(any, 0);
+	vd_qcow2_wake(w, err);
+	vd_qcow2_wake(any, 0);
 }
 
 static uint64_t slice_key(const struct qcow2_state *s, uint64_t l2_off, uint64_t gc)

@@ -23,6 +23,7 @@
 #include "common/compiler.h"
 #include "image/image.h"
 #include "io/io.h"
+#include "tool-num.h"
 
 struct slot {
 	struct vd_io io;
@@ -44,36 +45,6 @@ static void done(struct vd_io *io, int64_t result)
 	}
 	sl->busy = false;
 	g_inflight--;
-}
-
-static uint64_t num(const char *s)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 0);
-	if (errno || end == s) {
-		fprintf(stderr, "qcow2-bench: bad number %s\n", s);
-		exit(2);
-	}
-	switch (*end) {
-	case 'k':
-	case 'K':
-		v <<= 10;
-		break;
-	case 'm':
-	case 'M':
-		v <<= 20;
-		break;
-	case 'g':
-	case 'G':
-		v <<= 30;
-		break;
-	default:
-		break;
-	}
-	return v;
 }
 
 static double now(void)
@@ -108,25 +79,25 @@ int main(int argc, char **argv)
 			write = true;
 			break;
 		case 'c':
-			count = num(optarg);
+			count = tool_num(optarg);
 			break;
 		case 'd':
-			depth = num(optarg);
+			depth = tool_num(optarg);
 			break;
 		case 's':
-			bs = num(optarg);
+			bs = tool_num(optarg);
 			break;
 		case 'S':
-			step = num(optarg);
+			step = tool_num(optarg);
 			break;
 		case 'o':
-			offset = num(optarg);
+			offset = tool_num(optarg);
 			break;
 		case 'F':
-			flush_every = num(optarg);
+			flush_every = tool_num(optarg);
 			break;
 		case 'L':
-			o.l2_cache_bytes = num(optarg);
+			o.l2_cache_bytes = tool_num(optarg);
 			break;
 		default:
 			return 2;

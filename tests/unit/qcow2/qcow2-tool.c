@@ -29,40 +29,7 @@
 
 #include "image/image-driver.h"
 #include "image/qcow2/qcow2.h"
-
-static uint64_t num(const char *s)
-{
-	char *end;
-	uint64_t v;
-
-	errno = 0;
-	v = strtoull(s, &end, 0);
-	if (errno || end == s) {
-		fprintf(stderr, "bad number '%s'\n", s);
-		exit(2);
-	}
-	switch (*end) {
-	case 'k':
-	case 'K':
-		v <<= 10;
-		break;
-	case 'm':
-	case 'M':
-		v <<= 20;
-		break;
-	case 'g':
-	case 'G':
-		v <<= 30;
-		break;
-	case 't':
-	case 'T':
-		v <<= 40;
-		break;
-	default:
-		break;
-	}
-	return v;
-}
+#include "tool-num.h"
 
 static struct vd_image *open_img(const char *path, bool ro, const char *snap)
 {
@@ -73,10 +40,10 @@ static struct vd_image *open_img(const char *path, bool ro, const char *snap)
 
 	o.io_backend = getenv("VD_IO");
 	if ((e = getenv("VD_L2_CACHE")) != NULL) {
-		o.l2_cache_bytes = num(e);
+		o.l2_cache_bytes = tool_num(e);
 	}
 	if ((e = getenv("VD_L2_ENTRY")) != NULL) {
-		o.l2_cache_entry_bytes = num(e);
+		o.l2_cache_entry_bytes = tool_num(e);
 	}
 	if (vd_image_open(path, &o, &img, &err) < 0) {
 		fprintf(stderr, "open %s: %s\n", path, vd_err_msg(&err));
@@ -109,22 +76,22 @@ static void *xbuf(size_t len)
 
 static int do_create(int argc, char **argv)
 {
-	struct vd_image_create_opts o = { .size_bytes = num(argv[1]) };
+	struct vd_image_create_opts o = { .size_bytes = tool_num(argv[1]) };
 	struct vd_err err = { 0 };
 
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
 
 		if (!strncmp(a, "cluster=", 8)) {
-			o.cluster_bytes = (uint32_t)num(a + 8);
+			o.cluster_bytes = (uint32_t)tool_num(a + 8);
 		} else if (!strncmp(a, "compat=", 7)) {
-			o.compat = (unsigned int)num(a + 7);
+			o.compat = (unsigned int)tool_num(a + 7);
 		} else if (!strcmp(a, "lazy")) {
 			o.lazy_refcounts = true;
 		} else if (!strcmp(a, "extl2")) {
 			o.extended_l2 = true;
 		} else if (!strncmp(a, "refbits=", 8)) {
-			o.refcount_bits = (uint32_t)num(a + 8);
+			o.refcount_bits = (uint32_t)tool_num(a + 8);
 		} else if (!strncmp(a, "backing=", 8)) {
 			o.backing_file = a + 8;
 		} else if (!strncmp(a, "backing_fmt=", 12)) {
@@ -425,22 +392,23 @@ int main(int argc, char **argv)
 		return do_dump(argv[2], argv[4], argv[3]);
 	}
 	if (!strcmp(argv[1], "pattern") && argc == 6) {
-		return do_pattern(argv[2], num(argv[3]), num(argv[4]), (int)num(argv[5]));
+		return do_pattern(argv[2], tool_num(argv[3]), tool_num(argv[4]),
+				  (int)tool_num(argv[5]));
 	}
 	if (!strcmp(argv[1], "write") && argc == 6) {
-		return do_write(argv[2], VD_IO_WRITE, num(argv[3]), num(argv[4]),
-				(int)num(argv[5]));
+		return do_write(argv[2], VD_IO_WRITE, tool_num(argv[3]), tool_num(argv[4]),
+				(int)tool_num(argv[5]));
 	}
 	if (!strcmp(argv[1], "crashwrite") && argc == 6) {
 		crash = true;
-		return do_write(argv[2], VD_IO_WRITE, num(argv[3]), num(argv[4]),
-				(int)num(argv[5]));
+		return do_write(argv[2], VD_IO_WRITE, tool_num(argv[3]), tool_num(argv[4]),
+				(int)tool_num(argv[5]));
 	}
 	if (!strcmp(argv[1], "discard") && argc == 5) {
-		return do_write(argv[2], VD_IO_DISCARD, num(argv[3]), num(argv[4]), 0);
+		return do_write(argv[2], VD_IO_DISCARD, tool_num(argv[3]), tool_num(argv[4]), 0);
 	}
 	if (!strcmp(argv[1], "random") && argc == 6) {
-		return do_random(argv[2], argv[3], num(argv[4]), num(argv[5]));
+		return do_random(argv[2], argv[3], tool_num(argv[4]), tool_num(argv[5]));
 	}
 	if (!strcmp(argv[1], "check")) {
 		return do_check(argv[2], argc > 3 && !strcmp(argv[3], "repair"));
@@ -452,7 +420,7 @@ int main(int argc, char **argv)
 		return do_info(argv[2]);
 	}
 	if (!strcmp(argv[1], "resize") && argc == 4) {
-		return do_resize(argv[2], num(argv[3]));
+		return do_resize(argv[2], tool_num(argv[3]));
 	}
 	if (!strcmp(argv[1], "snapshots")) {
 		return do_snapshots(argv[2]);
