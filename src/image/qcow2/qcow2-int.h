@@ -242,6 +242,11 @@ struct qcow2_state {
 	 */
 	uint64_t prealloc_end_bytes;
 	bool prealloc;
+	/*
+	 * Clusters at or past file_end_bytes read as zeroes: true for a file
+	 * (holes and fallocated space), not for a device's stale blocks.
+	 */
+	bool fresh_ok;
 	struct qcow2_free *frees;
 	uint32_t nr_frees, max_frees;
 
@@ -279,6 +284,7 @@ struct qcow2_req {
 	uint64_t old_entry, old_bitmap;
 	uint64_t region_start, region_end; /* in-cluster byte range written */
 	bool new_host;
+	bool fresh;  /* host_cluster reads as zeroes: no need to write them */
 	bool zeroes; /* DISCARD/WRITE_ZEROES writing zeroes */
 	uint8_t *bounce;
 	uint8_t *cbuf; /* compressed bytes */
@@ -395,8 +401,13 @@ void vd_qcow2_refcounts_free(struct qcow2_state *s);
 uint64_t vd_qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster);
 /* Store refcount v as entry i of a refcount block (2^order bits per entry). */
 void vd_qcow2_refcount_encode(uint8_t *blk, unsigned int order, uint64_t i, uint64_t v);
-/* Allocate one cluster (refcount 1); returns its byte offset or -errno. */
-int64_t vd_qcow2_alloc_cluster(struct vd_image *img);
+/*
+ * Allocate one cluster (refcount 1); returns its byte offset or -errno.
+ * *fresh (may be NULL) tells whether the cluster lies past everything the
+ * file held at open and every cluster allocated since: never written, it
+ * reads as zeroes (a hole or fallocated space).
+ */
+int64_t vd_qcow2_alloc_cluster(struct vd_image *img, bool *fresh);
 /* Decrement later, once the L2/L1 change that frees it is durable. */
 int vd_qcow2_free_later(struct vd_image *img, uint64_t offset_bytes, uint64_t len_bytes);
 /*

@@ -585,15 +585,18 @@ static bool reads_zero(struct qcow2_req *req, uint64_t entry, uint64_t bitmap, u
  * The new cluster's region [region_start, region_end) without a bounce
  * buffer: [in_off, in_off + n) from the request's own buffers, the rest of
  * the region (which reads as zeroes now) from zero_buf, in one vectored
- * write. Writing the zeroes rather than leaving holes in fresh file space
- * measured faster on ext4 (whole clusters keep the file's extents
- * contiguous; 4 KiB pieces with holes between them fragment them) and is
- * right for a reused cluster too, whose old bytes must not show through.
+ * write; a reused cluster's old bytes must not show through. A fresh
+ * cluster (past everything the file held or we allocated, so a hole or
+ * fallocated space) reads as zeroes already and gets the data alone: 4 KiB
+ * instead of the whole cluster measured 1.5-2x the allocating IOPS at QD1
+ * and 5x at QD32 on ext4 (with fallocate-ahead; 1.7x without it).
  * 0: submitted, 1: no room in the iov array (use the bounce), < 0: error.
  */
 static int direct_write(struct qcow2_req *req, uint64_t in_off, uint64_t n)
 {
+	const struct vd_file_info *fi = &qcow2_s(req->img)->file->info;
 	uint64_t rs = req->region_start, re = req->region_end, off = in_off, len = n;
+	uint64_t lb = fi->direct ? fi->logical_block_bytes : 1;
 	struct iovec *iov;
 	int r = iov_slice(req, n, &iov), cnt;
 
@@ -601,6 +604,11 @@ static int direct_write(struct qcow2_req *req, uint64_t in_off, uint64_t n)
 		return r;
 	}
 	cnt = req->niov;
+	if (req->fresh && VD_IS_ALIGNED(in_off | n, lb)) {
+		/* fresh file space reads as zeroes already: the data alone */
+		rs = off;
+		re = off + n;
+	}
 	if (in_off > rs || in_off + n < re) {
 		int cap = iov == req->iov ? (int)VD_ARRAY_SIZE(req->iov) : req->iov_heap_cnt;
 
@@ -661,10 +669,11 @@ static void alloc_start(struct qcow2_req *req, uint64_t gc, uint64_t entry, uint
 	req->region_end = re;
 	req->old_bitmap = new_bitmap; /* reused below as the new bitmap */
 	req->new_host = !reuse;
+	req->fresh = false;
 	if (reuse) {
 		req->host_cluster = host0;
 	} else {
-		int64_t h = vd_qcow2_alloc_cluster(req->img);
+		int64_t h = vd_qcow2_alloc_cluster(req->img, &req->fresh);
 
 		if (h < 0) {
 			fail(req, (int)h);
@@ -752,7 +761,7 @@ static int own_l2_table(struct qcow2_req *req, uint64_t gc)
 	if (old && (s->l1[l1i] & QCOW2_OFLAG_COPIED)) {
 		return 1;
 	}
-	nt = vd_qcow2_alloc_cluster(img);
+	nt = vd_qcow2_alloc_cluster(img, NULL);
 	if (nt < 0) {
 		return (int)nt;
 	}

@@ -158,6 +158,7 @@ int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 	s->file_end_bytes = VD_ALIGN_UP(fsz, s->cluster_bytes);
 	s->prealloc_end_bytes = fsz;
 	s->prealloc = s->file->fd >= 0 && !img->readonly;
+	s->fresh_ok = !s->file->info.is_blockdev;
 	s->refcounts_loaded = true;
 	return 0;
 }
@@ -354,7 +355,7 @@ static void prealloc_ahead(struct qcow2_state *s, uint64_t end_bytes)
 	s->prealloc_end_bytes = to;
 }
 
-int64_t vd_qcow2_alloc_cluster(struct vd_image *img)
+int64_t vd_qcow2_alloc_cluster(struct vd_image *img, bool *fresh)
 {
 	struct qcow2_state *s = qcow2_s(img);
 	uint64_t c = VD_MAX(s->free_cursor, 1ull);
@@ -392,6 +393,10 @@ int64_t vd_qcow2_alloc_cluster(struct vd_image *img)
 			continue;
 		}
 		if (vd_qcow2_refcount_get(s, c) == 0) {
+			if (fresh) {
+				/* file_end_bytes only grows: the file at open, then each allocation */
+				*fresh = s->fresh_ok && c * s->cluster_bytes >= s->file_end_bytes;
+			}
 			refcount_set(s, c, 1);
 			s->free_cursor = c + 1;
 			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);

@@ -1144,7 +1144,7 @@ static int qcow2_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err
 		}
 		/* a contiguous run: allocate one by one and retry until contiguous */
 		for (uint64_t i = 0; i < nclusters;) {
-			int64_t c = vd_qcow2_alloc_cluster(img);
+			int64_t c = vd_qcow2_alloc_cluster(img, NULL);
 
 			if (c < 0) {
 				free(l1);

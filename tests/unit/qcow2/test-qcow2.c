@@ -587,6 +587,102 @@ static void test_fresh_and_reused(void **state)
 }
 
 /*
+ * Fresh clusters (past everything the file held at open and everything
+ * allocated since) read as zeroes and get the data alone; anything below
+ * that line may hold old bytes, here the garbage a crashed writer left
+ * past the last referenced cluster, and gets the zeroes written.
+ */
+static void test_fresh_space(void **state)
+{
+	char path[600];
+	struct vd_image_sync *s;
+	struct vd_image *img;
+	struct vd_err err = { 0 };
+	uint8_t *b = xbuf(65536, 0x33), *junk = xbuf(4 * 65536, 0xe7);
+	struct qcow2_state *qs;
+	uint64_t end, h;
+	bool fresh = false;
+	struct stat st;
+	int fd;
+
+	(void)state;
+	path_of(path, sizeof(path), "freshspace.qcow2");
+	create(path, 64u << 20, NULL);
+	img = open_img(path, NULL);
+	qs = qcow2_s(img);
+	assert_true(qs->fresh_ok);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	end = qs->file_end_bytes;
+	sio(s, VD_IO_WRITE, b, 4096, 65536 + 4096);
+	h = host_of(img, 65536);
+	assert_true(h >= end);
+	expect_fill(s, 65536, 4096, 0);
+	expect_fill(s, 65536 + 4096, 4096, 0x33);
+	expect_fill(s, 65536 + 8192, 65536 - 8192, 0);
+	sio(s, VD_IO_FLUSH, NULL, 0, 0);
+	vd_image_sync_close(s);
+	vd_image_close(img);
+
+	/* leave four clusters of garbage past the end, unreferenced */
+	assert_int_equal(stat(path, &st), 0);
+	fd = open(path, O_WRONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, junk, 4 * 65536, VD_ALIGN_UP((uint64_t)st.st_size, 65536)),
+			 4 * 65536);
+	assert_int_equal(close(fd), 0);
+	end = VD_ALIGN_UP((uint64_t)st.st_size, 65536) + 4 * 65536;
+
+	img = open_img(path, NULL);
+	qs = qcow2_s(img);
+	assert_int_equal(qs->file_end_bytes, end);
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	/* allocations land in the garbage first: zeroes written around the data */
+	for (uint64_t i = 0; i < 4; i++) {
+		uint64_t g = (8ull << 20) + i * (1ull << 20);
+
+		sio(s, VD_IO_WRITE, b, 4096, g + 8192);
+		h = host_of(img, g);
+		assert_true(h < end);
+		expect_fill(s, g, 8192, 0);
+		expect_fill(s, g + 8192, 4096, 0x33);
+		expect_fill(s, g + 12288, 65536 - 12288, 0);
+	}
+	/* then past it: fresh again */
+	sio(s, VD_IO_WRITE, b, 4096, (20ull << 20) + 16384);
+	assert_true(host_of(img, 20ull << 20) >= end);
+	expect_fill(s, 20ull << 20, 16384, 0);
+	expect_fill(s, (20ull << 20) + 16384, 4096, 0x33);
+	expect_fill(s, (20ull << 20) + 20480, 65536 - 20480, 0);
+	sio(s, VD_IO_FLUSH, NULL, 0, 0);
+	/* the line only rises: freed clusters below it are not fresh */
+	sio(s, VD_IO_DISCARD, NULL, 65536, 8ull << 20);
+	sio(s, VD_IO_FLUSH, NULL, 0, 0);
+	h = (uint64_t)vd_qcow2_alloc_cluster(img, &fresh);
+	assert_true(h < end);
+	assert_false(fresh);
+	end = qs->file_end_bytes;
+	for (;;) {
+		h = (uint64_t)vd_qcow2_alloc_cluster(img, &fresh);
+		if (h >= end) {
+			break;
+		}
+		assert_false(fresh);
+	}
+	assert_true(fresh);
+	vd_image_sync_close(s);
+	{
+		struct vd_check_result res;
+
+		/* the two clusters taken by hand are leaks, nothing is corrupt */
+		assert_int_equal(vd_image_check(img, false, &res, &err), 0);
+		assert_int_equal(res.corruptions, 0);
+	}
+	vd_image_close(img);
+	free(b);
+	free(junk);
+}
+
+/*
  * The file grows by fallocate in VD_QCOW2_PREALLOC_BYTES steps ahead of
  * the allocator (allocating writes then land inside the file); data and
  * checks are unchanged, and close trims the unused tail.
@@ -900,12 +996,19 @@ static void test_resize(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_hostile_headers),    cmocka_unit_test(test_corrupt_bit),
-		cmocka_unit_test(test_rw_discard),         cmocka_unit_test(test_backing),
-		cmocka_unit_test(test_two_queues_overlap), cmocka_unit_test(test_small_cache),
-		cmocka_unit_test(test_fresh_and_reused),   cmocka_unit_test(test_prealloc_ahead),
-		cmocka_unit_test(test_async_writeback),    cmocka_unit_test(test_lazy),
-		cmocka_unit_test(test_check_repair),       cmocka_unit_test(test_resize),
+		cmocka_unit_test(test_hostile_headers),
+		cmocka_unit_test(test_corrupt_bit),
+		cmocka_unit_test(test_rw_discard),
+		cmocka_unit_test(test_backing),
+		cmocka_unit_test(test_two_queues_overlap),
+		cmocka_unit_test(test_small_cache),
+		cmocka_unit_test(test_fresh_and_reused),
+		cmocka_unit_test(test_fresh_space),
+		cmocka_unit_test(test_prealloc_ahead),
+		cmocka_unit_test(test_async_writeback),
+		cmocka_unit_test(test_lazy),
+		cmocka_unit_test(test_check_repair),
+		cmocka_unit_test(test_resize),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
