@@ -64,6 +64,11 @@
 # results.tsv, raw/ (fio JSON, simguest JSON, qemu-img output, vdiskd log),
 # machine.txt (CPU, memory, kernel, filesystem, versions, build, load).
 #
+# BENCH_REPEAT=N runs every case N times, the systems taking turns (vdisk,
+# qemu-img, engine, then again), and reports the median of the N with the
+# spread ((max - min) / median): the virtio disk under a VM moves by tens of
+# percent between minutes, and a single run of each side misleads.
+#
 # Knobs: VDISK_BUILD_DIR (use a release build), BENCH_QUICK=1, BENCH_RUNTIME,
 # BENCH_SIZE (default 4G), BENCH_CASES (regex on case names such as
 # 'qcow2.*alloc'), BENCH_VARIANTS, BENCH_FORMATS, BENCH_FLUSH_EVERY,
@@ -95,6 +100,8 @@ FORMATS=${BENCH_FORMATS:-vhd qcow2}
 FLUSH_EVERY=${BENCH_FLUSH_EVERY:-64}
 L2_SMALL=${BENCH_L2_SMALL:-}
 ENGINE=${BENCH_ENGINE:-0}
+REPEAT=${BENCH_REPEAT:-1}
+REP_TAG= # -rN on the raw files of repetition N > 1
 CLUSTER=65536
 # per-case extras, set by the variant loops
 GUEST_EXTRA=()
@@ -132,7 +139,7 @@ machine_details() {
 			python3 -c 'import json,sys; print(" ".join(o["name"]+"="+str(o["value"]) for o in json.load(sys.stdin) if o["name"] in ("buildtype","b_sanitize","optimization")))' 2>/dev/null || echo '?'))"
 		echo "git: $(git -C "$VDISK_SOURCE_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')" \
 			"($(git -C "$VDISK_SOURCE_DIR" status --porcelain 2>/dev/null | wc -l) uncommitted paths)"
-		echo "runtime per case: ${RUNTIME}s  quick: $QUICK  qemu-img 4k stride: $STRIDE"
+		echo "runtime per case: ${RUNTIME}s  repeat: $REPEAT  quick: $QUICK  qemu-img 4k stride: $STRIDE"
 		echo "uptime at start: $(uptime)"
 	} >"$OUT/machine.txt"
 }
@@ -178,7 +185,7 @@ EOF
 
 # run_fio CASE WORKLOAD FILE RW BS QD
 run_fio() {
-	local c=$1 wl=$2 file=$3 rw=$4 bs=$5 qd=$6 raw=$OUT/raw/$1.json
+	local c=$1 wl=$2 file=$3 rw=$4 bs=$5 qd=$6 raw=$OUT/raw/$1$REP_TAG.json
 	want "$c" || return 0
 	vd_log "case $c"
 	fio --name="$c" --filename="$file" --size="$SIZE" --rw="$rw" --bs="$bs" \
@@ -196,19 +203,19 @@ ring_order_for() { # depth -> ring order (32 slots per page)
 DOMID=0
 # run_vdisk CASE FORMAT WORKLOAD IMAGE RW BS QD
 run_vdisk() {
-	local c=$1 fmt=$2 wl=$3 img=$4 rw=$5 bs=$6 qd=$7 raw=$OUT/raw/$1.json rc=0
+	local c=$1 fmt=$2 wl=$3 img=$4 rw=$5 bs=$6 qd=$7 raw=$OUT/raw/$1$REP_TAG.json rc=0
 	want "$c" || return 0
 	vd_log "case $c"
 	DOMID=$((DOMID + 1))
-	vd_guest_start "$c" $DOMID --json --no-verify --queues 1 \
+	vd_guest_start "$c$REP_TAG" $DOMID --json --no-verify --queues 1 \
 		--ring-order "$(ring_order_for "$qd")" --rw "$rw" --bs "$bs" --iodepth "$qd" \
 		--runtime "$RUNTIME" "${GUEST_EXTRA[@]}"
 	vd_wait_domain $DOMID
 	vd_attach $DOMID 51712 "$img" --format "$fmt" "${ATTACH_EXTRA[@]}"
-	vd_wait_exit "$c" $((RUNTIME + 60)) || rc=$?
-	[ "$rc" -eq 0 ] || vd_log "guest $c exited $rc"
-	cp "$VD_LOGS/$c.out" "$raw"
-	cp "$VD_LOGS/$c.err" "$OUT/raw/$c.err"
+	vd_wait_exit "$c$REP_TAG" $((RUNTIME + 60)) || rc=$?
+	[ "$rc" -eq 0 ] || vd_log "guest $c$REP_TAG exited $rc"
+	cp "$VD_LOGS/$c$REP_TAG.out" "$raw"
+	cp "$VD_LOGS/$c$REP_TAG.err" "$OUT/raw/$c$REP_TAG.err"
 	vd_detach $DOMID 51712
 	record "$c" "$fmt" "$wl" vdisk guest "$raw"
 }
@@ -242,21 +249,27 @@ qemu_count() {
 	awk -v n="$n" -v t="$t" -v r="$RUNTIME" 'BEGIN { c = int(n / t * r); if (c < 1) c = 1; print c }'
 }
 
+declare -A COUNTS
 # run_qemu CASE FORMAT WORKLOAD IMAGE FRESH(0|1) BS QD ARGS...
 run_qemu() {
-	local c=$1 fmt=$2 wl=$3 img=$4 fresh=$5 bs=$6 qd=$7 raw=$OUT/raw/$1.txt qfmt count cal
+	local c=$1 fmt=$2 wl=$3 img=$4 fresh=$5 bs=$6 qd=$7 raw=$OUT/raw/$1$REP_TAG.txt qfmt count cal
 	shift 7
 	want "$c" || return 0
 	vd_log "case $c"
 	qfmt=$fmt
 	[ "$fmt" = vhd ] && qfmt=vpc
-	cal=$img
-	if [ "$fresh" = 1 ]; then
-		cal=$VD_TMP/cal.$fmt
-		new_image "$fmt" "$cal"
+	# one calibration per case: every repetition sends the same count
+	count=${COUNTS[$c]:-}
+	if [ -z "$count" ]; then
+		cal=$img
+		if [ "$fresh" = 1 ]; then
+			cal=$VD_TMP/cal.$fmt
+			new_image "$fmt" "$cal"
+		fi
+		count=$(qemu_count "$qfmt" "$cal" -d "$qd" -s "$bs" "$@")
+		COUNTS[$c]=$count
+		[ "$fresh" = 1 ] && rm -f "$cal"
 	fi
-	count=$(qemu_count "$qfmt" "$cal" -d "$qd" -s "$bs" "$@")
-	[ "$fresh" = 1 ] && rm -f "$cal"
 	{
 		echo "+ qemu-img bench (L2 cache ${QEMU_L2:-default}) ${QEMU_EXTRA[*]} -c $count -d $qd -s $bs $* $img"
 		qbench "$qfmt" "$img" -c "$count" -d "$qd" -s "$bs" "$@" 2>&1
@@ -269,7 +282,7 @@ run_qemu() {
 # engine alone (BENCH_ENGINE=1), with qemu-img bench's arguments and count,
 # on a fresh image of its own (FRESH=1) or the same allocated image.
 run_engine() {
-	local c=$1 fmt=$2 wl=$3 img=$4 fresh=$5 bs=$6 qd=$7 count=$8 raw=$OUT/raw/$1.txt a
+	local c=$1 fmt=$2 wl=$3 img=$4 fresh=$5 bs=$6 qd=$7 count=$8 raw=$OUT/raw/$1$REP_TAG.txt a
 	local args=()
 	shift 8
 	[ "$ENGINE" = 1 ] && [ "$fmt" != vhd ] && want "$c" || return 0
@@ -360,9 +373,18 @@ set_variant() {
 	return 0
 }
 
+# rep_tag N: the raw-file suffix of repetition N
+rep_tag() {
+	REP_TAG=
+	[ "$1" -gt 1 ] && REP_TAG=-r$1
+	return 0
+}
+
 # 4k random write into fresh images: allocation.
 for variant in $VARIANTS; do
 	for qd in 1 32; do
+	for rep in $(seq "$REPEAT"); do
+		rep_tag "$rep"
 		if set_variant "$variant" raw && [ "$variant" != l2all ]; then
 			wl=rw4k-alloc-qd$qd$SUFFIX
 			if want "$wl-raw-fio"; then
@@ -381,11 +403,11 @@ for variant in $VARIANTS; do
 				if [ $fmt = raw ]; then
 					:
 				elif [ $fmt = vhd ]; then
-					"$VDISK" check "$VD_TMP/fresh.$fmt" >"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
+					"$VDISK" check "$VD_TMP/fresh.$fmt" >"$OUT/raw/$wl-$fmt-vdisk$REP_TAG.check.txt" 2>&1 ||
 						vd_log "vdisk check after $wl-$fmt-vdisk: exit $? (see raw/)"
 				else
 					qemu-img check -f qcow2 "$VD_TMP/fresh.$fmt" \
-						>"$OUT/raw/$wl-$fmt-vdisk.check.txt" 2>&1 ||
+						>"$OUT/raw/$wl-$fmt-vdisk$REP_TAG.check.txt" 2>&1 ||
 						vd_log "qemu-img check after $wl-$fmt-vdisk: exit $? (see raw/)"
 				fi
 			fi
@@ -396,25 +418,33 @@ for variant in $VARIANTS; do
 			rm -f "$VD_TMP/fresh.$fmt"
 		done
 	done
+	done
 done
+REP_TAG=
 
 # Fully allocated images: 4k random read/write, 1M sequential.
 # WORKLOAD RW(fio/simguest) BS QD QEMU-ARGS...
 alloc_case() {
-	local wl=$1 rw=$2 bs=$3 qd=$4 fmt variant
+	local wl=$1 rw=$2 bs=$3 qd=$4 fmt variant rep
 	shift 4
 	for variant in $VARIANTS; do
 		# flushes only where there are writes
 		[ "$variant" = flush ] && [[ $rw != *write* ]] && continue
-		if set_variant "$variant" raw && [ "$variant" != l2all ]; then
-			run_fio "$wl$SUFFIX-raw-fio" "$wl$SUFFIX" "$RAW" "$rw" "$bs" "$qd"
-		fi
-		for fmt in $FORMATS; do
-			set_variant "$variant" "$fmt" || continue
-			run_vdisk "$wl$SUFFIX-$fmt-vdisk" $fmt "$wl$SUFFIX" "$VD_TMP/full.$fmt" "$rw" "$bs" "$qd"
-			run_qemu "$wl$SUFFIX-$fmt-qemu-img" $fmt "$wl$SUFFIX" "$VD_TMP/full.$fmt" 0 "$bs" "$qd" "$@"
+		for rep in $(seq "$REPEAT"); do
+			rep_tag "$rep"
+			if set_variant "$variant" raw && [ "$variant" != l2all ]; then
+				run_fio "$wl$SUFFIX-raw-fio" "$wl$SUFFIX" "$RAW" "$rw" "$bs" "$qd"
+			fi
+			for fmt in $FORMATS; do
+				set_variant "$variant" "$fmt" || continue
+				run_vdisk "$wl$SUFFIX-$fmt-vdisk" $fmt "$wl$SUFFIX" "$VD_TMP/full.$fmt" \
+					"$rw" "$bs" "$qd"
+				run_qemu "$wl$SUFFIX-$fmt-qemu-img" $fmt "$wl$SUFFIX" "$VD_TMP/full.$fmt" 0 \
+					"$bs" "$qd" "$@"
+			done
 		done
 	done
+	REP_TAG=
 }
 for qd in 1 32; do
 	alloc_case rr4k-qd$qd randread 4k $qd -S "$STRIDE"
@@ -433,20 +463,41 @@ grep -aiE 'error|fail|corrupt|abort' "$VD_LOGS/vdiskd.err" >"$OUT/raw/vdiskd-err
 echo "uptime at end: $(uptime)" >>"$OUT/machine.txt"
 
 python3 - "$TSV" <<'EOF' | tee "$OUT/table.txt"
-import csv, sys
+import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-by = {(r["format"], r["workload"], r["system"]): r for r in rows}
-wls = []
-for r in rows:
-    if r["workload"] not in wls:
-        wls.append(r["workload"])
 def num(v):
     try:
         return float(v)
     except ValueError:
         return float("nan")
-hdr = "%-7s %-16s %-9s %9s %9s %8s %8s  %s"
-print(hdr % ("format", "workload", "system", "IOPS", "MB/s", "p50 us", "p99 us", "status"))
+# repetitions (BENCH_REPEAT) share a key: keep the median of each column
+# and the spread of the main figure, (max - min) / median
+groups = {}
+for r in rows:
+    groups.setdefault((r["format"], r["workload"], r["system"]), []).append(r)
+def med(rs, k):
+    v = [num(r[k]) for r in rs if num(r[k]) == num(r[k])]
+    return statistics.median(v) if v else float("nan")
+def fmt0(v, f="%.0f"):
+    return "nan" if v != v else f % v
+by = {}
+for key, rs in groups.items():
+    main = "mbps" if "1m" in key[1] else "iops"
+    ok = [r for r in rs if r["status"] == "ok"] or rs
+    v = [num(r[main]) for r in ok if num(r[main]) == num(r[main])]
+    m = statistics.median(v) if v else float("nan")
+    spread = (max(v) - min(v)) / m * 100 if len(v) > 1 and m else float("nan")
+    by[key] = {"iops": fmt0(med(ok, "iops")), "mbps": fmt0(med(ok, "mbps"), "%.1f"),
+               "p50_us": fmt0(med(ok, "p50_us")), "p99_us": fmt0(med(ok, "p99_us")),
+               "status": ",".join(sorted({r["status"] for r in rs})),
+               "n": str(len(rs)), "spread": fmt0(spread)}
+wls = []
+for r in rows:
+    if r["workload"] not in wls:
+        wls.append(r["workload"])
+hdr = "%-7s %-16s %-9s %9s %9s %8s %8s %3s %7s  %s"
+print(hdr % ("format", "workload", "system", "IOPS", "MB/s", "p50 us", "p99 us", "n",
+             "spread%", "status"))
 for wl in wls:
     for fmt, system in (("raw", "fio"), ("raw", "vdisk"), ("raw", "qemu-img"),
                         ("vhd", "vdisk"), ("vhd", "qemu-img"),
@@ -455,7 +506,8 @@ for wl in wls:
         r = by.get((fmt, wl, system))
         if r:
             print(hdr % (fmt, wl, system, r["iops"], r["mbps"], r["p50_us"].replace("nan", "-"),
-                         r["p99_us"].replace("nan", "-"), r["status"]))
+                         r["p99_us"].replace("nan", "-"), r["n"],
+                         r["spread"].replace("nan", "-"), r["status"]))
     print()
 print("ratios: IOPS (MB/s for 1M): vdisk / qemu-img bench, vdisk / fio on raw,")
 print("engine alone (BENCH_ENGINE=1) / qemu-img bench")
