@@ -242,11 +242,6 @@ struct qcow2_state {
 	 */
 	uint64_t prealloc_end_bytes;
 	bool prealloc;
-	/*
-	 * Clusters at or past file_end_bytes read as zeroes: true for a file
-	 * (holes and fallocated space), not for a device's stale blocks.
-	 */
-	bool fresh_ok;
 	struct qcow2_free *frees;
 	uint32_t nr_frees, max_frees;
 

@@ -597,6 +597,8 @@ static int direct_write(struct qcow2_req *req, uint64_t in_off, uint64_t n)
 	const struct vd_file_info *fi = &qcow2_s(req->img)->file->info;
 	uint64_t rs = req->region_start, re = req->region_end, off = in_off, len = n;
 	uint64_t lb = fi->direct ? fi->logical_block_bytes : 1;
+	/* fresh file space reads as zeroes already: the data alone */
+	bool data_only = req->fresh && VD_IS_ALIGNED(in_off | n, lb);
 	struct iovec *iov;
 	int r = iov_slice(req, n, &iov), cnt;
 
@@ -604,12 +606,7 @@ static int direct_write(struct qcow2_req *req, uint64_t in_off, uint64_t n)
 		return r;
 	}
 	cnt = req->niov;
-	if (req->fresh && VD_IS_ALIGNED(in_off | n, lb)) {
-		/* fresh file space reads as zeroes already: the data alone */
-		rs = off;
-		re = off + n;
-	}
-	if (in_off > rs || in_off + n < re) {
+	if (!data_only && (in_off > rs || in_off + n < re)) {
 		int cap = iov == req->iov ? (int)VD_ARRAY_SIZE(req->iov) : req->iov_heap_cnt;
 
 		if (cnt + 2 > cap) {

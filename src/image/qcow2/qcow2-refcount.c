@@ -158,7 +158,6 @@ int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 	s->file_end_bytes = VD_ALIGN_UP(fsz, s->cluster_bytes);
 	s->prealloc_end_bytes = fsz;
 	s->prealloc = s->file->fd >= 0 && !img->readonly;
-	s->fresh_ok = !s->file->info.is_blockdev;
 	s->refcounts_loaded = true;
 	return 0;
 }
@@ -394,8 +393,13 @@ int64_t vd_qcow2_alloc_cluster(struct vd_image *img, bool *fresh)
 		}
 		if (vd_qcow2_refcount_get(s, c) == 0) {
 			if (fresh) {
-				/* file_end_bytes only grows: the file at open, then each allocation */
-				*fresh = s->fresh_ok && c * s->cluster_bytes >= s->file_end_bytes;
+				/*
+				 * file_end_bytes only grows (the file at open, then each
+				 * allocation); past it a file has holes or fallocated
+				 * space, a device stale blocks
+				 */
+				*fresh = !s->file->info.is_blockdev &&
+					 c * s->cluster_bytes >= s->file_end_bytes;
 			}
 			refcount_set(s, c, 1);
 			s->free_cursor = c + 1;
