@@ -747,6 +747,51 @@ static int c_barrier_with_bad_seg(struct hctx *h)
 	return h_expect(h, &r, mask, "barrier, ungranted segment");
 }
 
+/*
+ * A flush that carries data is a write then a flush (blkback: REQ_PREFLUSH
+ * write; other frontends than Linux's send it). The page must land: read
+ * it back, then put the old contents back for the verified workload.
+ */
+static int c_flush_with_data(struct hctx *h)
+{
+	const struct vd_be_features *b = &h->f->feat;
+	const uint64_t sector = 8;
+	uint64_t old_pg, new_pg, chk_pg;
+	uint32_t old_ref, new_ref, chk_ref;
+	uint8_t *pat, *chk;
+	union hreq r;
+
+	if (!b->flush || b->readonly) {
+		return c_flush_if_unsupported(h);
+	}
+	if (h_data_page(h, false, &old_pg, &old_ref) < 0 ||
+	    h_data_page(h, true, &new_pg, &new_ref) < 0 ||
+	    h_data_page(h, false, &chk_pg, &chk_ref) < 0) {
+		return H_FAIL;
+	}
+	pat = vd_gmem_page(&h->f->gmem, new_pg);
+	chk = vd_gmem_page(&h->f->gmem, chk_pg);
+	for (unsigned int i = 0; i < VD_PAGE_SIZE; i++) {
+		pat[i] = (uint8_t)(0x5a ^ (i * 7u));
+	}
+	if (h_read_one(h, sector, old_ref, 0, 7, S_OKAY, "read the old page") != H_PASS) {
+		return H_FAIL;
+	}
+	rw_req(&r, BLKIF_OP_FLUSH_DISKCACHE, sector, 1, new_ref, 0, 7);
+	if (h_expect(h, &r, S_OKAY, "flush with one data page") != H_PASS) {
+		return H_FAIL;
+	}
+	if (h_read_one(h, sector, chk_ref, 0, 7, S_OKAY, "read it back") != H_PASS) {
+		return H_FAIL;
+	}
+	if (memcmp(chk, pat, VD_PAGE_SIZE) != 0) {
+		snprintf(h->got, sizeof(h->got), "OKAY, but the flush's data was not written");
+		return H_FAIL;
+	}
+	rw_req(&r, BLKIF_OP_WRITE, sector, 1, old_ref, 0, 7);
+	return h_expect(h, &r, S_OKAY, "flush's data written; old page restored");
+}
+
 /* ---------------- ring abuse ---------------- */
 
 static int c_prod_overflow(struct hctx *h)
@@ -1111,6 +1156,7 @@ static const struct hcase g_cases[] = {
 	{ "discard-past-end", c_discard_past_end, F_CONNECT | F_SERVES },
 	{ "flush-if-unsupported", c_flush_if_unsupported, F_CONNECT | F_SERVES },
 	{ "barrier-with-bad-seg", c_barrier_with_bad_seg, F_CONNECT | F_SERVES },
+	{ "flush-with-data", c_flush_with_data, F_CONNECT | F_SERVES },
 	{ "prod-overflow", c_prod_overflow, F_CONNECT },
 	{ "request-storm", c_request_storm, F_CONNECT },
 	{ "bad-ring-ref", c_bad_ring_ref, 0 },
