@@ -40,7 +40,7 @@ static void usage(FILE *f)
 		"Images:\n"
 		"  create [-f FMT] [-o k=v,...] [-b BACKING [-F FMT]] IMAGE [SIZE]\n"
 		"                                    SIZE in bytes, or with K/M/G/T\n"
-		"  info IMAGE [--json]\n"
+		"  info IMAGE [--json] [-U]   (-U, --force-share: even while in use)\n"
 		"  check [-f FMT] [--repair] [--json] IMAGE\n"
 		"  map [-f FMT] [--json] IMAGE\n"
 		"  convert [-f FMT] -O FMT [-o k=v,...] [-p] SRC DST\n"
@@ -395,18 +395,22 @@ static int cmd_info(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct vd_err err = { 0 };
-	bool json = false;
+	bool json = false, force_share = false;
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "jh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jUh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			json = true;
+			break;
+		case 'U':
+			force_share = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -418,7 +422,7 @@ static int cmd_info(int argc, char **argv)
 	if (argc - optind != 1) {
 		return usage_error("info needs IMAGE", NULL);
 	}
-	r = vd_imgtool_info(argv[optind], NULL, json, stdout, &err); /* imgtool.h */
+	r = vd_imgtool_info(argv[optind], NULL, json, force_share, stdout, &err); /* imgtool.h */
 	if (r < 0) {
 		return runtime_error(&err);
 	}
