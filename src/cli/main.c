@@ -34,7 +34,7 @@ static void usage(FILE *f)
 		"         [--size BYTES] [--cache direct|writeback] [--max-queues N]\n"
 		"         [--l2-cache-size BYTES] [--l2-cache-entry-size BYTES]   (qcow2)\n"
 		"         [--polling-duration US] [--polling-idle-threshold PCT]\n"
-		"         [--zero-copy 0|1] [--io-fixed 0|1]\n"
+		"         [--zero-copy 0|1] [--io-fixed 0|1] [--wait SECONDS (10; 0: none)]\n"
 		"  detach DOMID VDEV [--timeout SECONDS] [--force]\n"
 		"  list [--json]\n"
 		"Images:\n"
@@ -123,18 +123,27 @@ static int cmd_attach(int argc, char **argv)
 		{ "polling-idle-threshold", required_argument, NULL, 'T' },
 		{ "zero-copy", required_argument, NULL, 'Z' },
 		{ "io-fixed", required_argument, NULL, 'X' },
+		{ "wait", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct vd_attach_opts o = { .check_image = true };
 	struct vd_err err = { 0 };
+	unsigned int wait_s = 10;
 	struct xs_handle *xs;
 	uint64_t v;
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:P:T:Z:X:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:P:T:Z:X:w:h", lo, NULL)) != -1) {
 		switch (c) {
+		case 'w':
+			if (vd_ctl_parse_u64(optarg, 3600, &v) < 0) {
+				return usage_error("invalid --wait '%s' (seconds, 0..3600)",
+						   optarg);
+			}
+			wait_s = (unsigned int)v;
+			break;
 		case 'f':
 			o.format = optarg;
 			break;
@@ -227,6 +236,17 @@ static int cmd_attach(int argc, char **argv)
 		return 1;
 	}
 	r = vd_ctl_attach(xs, &o, &err);
+	if (r == 0 && wait_s > 0) {
+		/* the worker opens (and locks) the image: say so if it cannot */
+		r = vd_ctl_attach_wait(xs, o.domid, o.vdev, wait_s * 1000u, &err);
+		if (r == 1) {
+			fprintf(stderr,
+				"vdisk: attach: no backend took %u/%u within %u s (is vdiskd "
+				"running?)\n",
+				o.domid, o.vdev, wait_s);
+			r = 0;
+		}
+	}
 	xs_close(xs);
 	if (r < 0) {
 		return runtime_error(&err);
