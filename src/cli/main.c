@@ -34,13 +34,13 @@ static void usage(FILE *f)
 		"         [--size BYTES] [--cache direct|writeback] [--max-queues N]\n"
 		"         [--l2-cache-size BYTES] [--l2-cache-entry-size BYTES]   (qcow2)\n"
 		"         [--polling-duration US] [--polling-idle-threshold PCT]\n"
-		"         [--zero-copy 0|1] [--io-fixed 0|1]\n"
+		"         [--zero-copy 0|1] [--io-fixed 0|1] [--wait SECONDS (10; 0: none)]\n"
 		"  detach DOMID VDEV [--timeout SECONDS] [--force]\n"
 		"  list [--json]\n"
 		"Images:\n"
 		"  create [-f FMT] [-o k=v,...] [-b BACKING [-F FMT]] IMAGE [SIZE]\n"
 		"                                    SIZE in bytes, or with K/M/G/T\n"
-		"  info IMAGE [--json]\n"
+		"  info IMAGE [--json] [-U]   (-U, --force-share: even while in use)\n"
 		"  check [-f FMT] [--repair] [--json] IMAGE\n"
 		"  map [-f FMT] [--json] IMAGE\n"
 		"  convert [-f FMT] -O FMT [-o k=v,...] [-p] SRC DST\n"
@@ -123,18 +123,27 @@ static int cmd_attach(int argc, char **argv)
 		{ "polling-idle-threshold", required_argument, NULL, 'T' },
 		{ "zero-copy", required_argument, NULL, 'Z' },
 		{ "io-fixed", required_argument, NULL, 'X' },
+		{ "wait", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct vd_attach_opts o = { .check_image = true };
 	struct vd_err err = { 0 };
+	unsigned int wait_s = 10;
 	struct xs_handle *xs;
 	uint64_t v;
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:P:T:Z:X:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:ri:s:c:q:L:E:P:T:Z:X:w:h", lo, NULL)) != -1) {
 		switch (c) {
+		case 'w':
+			if (vd_ctl_parse_u64(optarg, 3600, &v) < 0) {
+				return usage_error("invalid --wait '%s' (seconds, 0..3600)",
+						   optarg);
+			}
+			wait_s = (unsigned int)v;
+			break;
 		case 'f':
 			o.format = optarg;
 			break;
@@ -227,6 +236,17 @@ static int cmd_attach(int argc, char **argv)
 		return 1;
 	}
 	r = vd_ctl_attach(xs, &o, &err);
+	if (r == 0 && wait_s > 0) {
+		/* the worker opens (and locks) the image: say so if it cannot */
+		r = vd_ctl_attach_wait(xs, o.domid, o.vdev, wait_s * 1000u, &err);
+		if (r == 1) {
+			fprintf(stderr,
+				"vdisk: attach: no backend took %u/%u within %u s (is vdiskd "
+				"running?)\n",
+				o.domid, o.vdev, wait_s);
+			r = 0;
+		}
+	}
 	xs_close(xs);
 	if (r < 0) {
 		return runtime_error(&err);
@@ -395,18 +415,22 @@ static int cmd_info(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct vd_err err = { 0 };
-	bool json = false;
+	bool json = false, force_share = false;
 	int c, r;
 
 	reset_getopt();
-	while ((c = getopt_long(argc, argv, "jh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jUh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			json = true;
+			break;
+		case 'U':
+			force_share = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -418,7 +442,7 @@ static int cmd_info(int argc, char **argv)
 	if (argc - optind != 1) {
 		return usage_error("info needs IMAGE", NULL);
 	}
-	r = vd_imgtool_info(argv[optind], NULL, json, stdout, &err); /* imgtool.h */
+	r = vd_imgtool_info(argv[optind], NULL, json, force_share, stdout, &err); /* imgtool.h */
 	if (r < 0) {
 		return runtime_error(&err);
 	}

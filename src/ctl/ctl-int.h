@@ -16,6 +16,13 @@
 char *vd_ctl_xs_read(struct xs_handle *xs, xs_transaction_t t, const char *dir, const char *key,
 		     size_t max_len);
 
+/*
+ * The run dir of vdiskd and its workers (stats and NBD sockets, the
+ * daemon's lock): $VDISK_RUN_DIR, else /run/vdisk, or with the sim
+ * transport $VDISK_SIM_DIR/run (/run/vdisk-sim/run). -ENAMETOOLONG.
+ */
+int vd_ctl_run_dir(const char *transport, char *buf, size_t len);
+
 /* What the toolstack asked for, read from the backend dir and validated. */
 struct vd_vbd_conf {
 	char *params;                  /* image path (anything for null/mem) */

@@ -123,6 +123,16 @@ struct vd_attach_opts {
 int vd_ctl_attach(struct xs_handle *xs, const struct vd_attach_opts *o, struct vd_err *err);
 
 /*
+ * After vd_ctl_attach: wait up to timeout_ms for the backend (vdiskd's
+ * worker) to take the VBD. 0: it serves it (the image is open and locked);
+ * -EIO with err = the backend's vdisk-error when it refused (an image in
+ * use, a bad image...; the VBD stays, for `vdisk detach`); 1: no answer
+ * in time (no vdiskd running?).
+ */
+int vd_ctl_attach_wait(struct xs_handle *xs, uint16_t domid, uint32_t vdev, unsigned int timeout_ms,
+		       struct vd_err *err);
+
+/*
  * Ask the backend to close (online=0, state=5), wait up to timeout_ms for
  * its state to reach 6 (Closed) or its dir to vanish, then remove both
  * dirs. No wait when the backend state is absent, 1 (Initialising: no

@@ -25,6 +25,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -55,6 +56,7 @@ struct daemon {
 	int xs_fd;
 	int sig_fd;
 	char root[VD_CTL_PATH_MAX]; /* <dom0 path>/backend/vbd3 */
+	int lock_fd;                /* run dir's vdiskd.lock, flock()ed: one vdiskd */
 	struct vbd_ent *vbds;
 	unsigned int nr_vbds;
 	unsigned int nr_workers;
@@ -104,6 +106,8 @@ VD_NORETURN static void child_main(struct daemon *d, struct vbd_ent *e)
 	wo.be_path = be;
 	/* The parent's connection is not ours to use: throw it away, open our own. */
 	close(d->sig_fd);
+	/* a worker that outlives vdiskd must not keep a new one from starting */
+	close(d->lock_fd);
 	xs_daemon_destroy_postfork(d->xs);
 	d->xs = NULL;
 	free_all(d);
@@ -471,14 +475,91 @@ static int setup(struct daemon *d)
 	return 0;
 }
 
+int vd_ctl_run_dir(const char *transport, char *buf, size_t len)
+{
+	const char *dir = getenv("VDISK_RUN_DIR");
+	int n;
+
+	if (dir != NULL && dir[0] != '\0') {
+		n = snprintf(buf, len, "%s", dir);
+	} else if (transport != NULL && strcmp(transport, "sim") == 0) {
+		const char *sim = getenv("VDISK_SIM_DIR");
+
+		n = snprintf(buf, len, "%s/run",
+			     sim != NULL && sim[0] != '\0' ? sim : "/run/vdisk-sim");
+	} else {
+		n = snprintf(buf, len, "/run/vdisk");
+	}
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/*
+ * One vdiskd per run dir (and so per host or sim): two would both fork
+ * workers for every VBD. An exclusive flock on run-dir/vdiskd.lock, held
+ * by the daemon's open file description until it exits (or is killed);
+ * the file holds the owner's pid, for the message.
+ */
+static int take_daemon_lock(struct daemon *d)
+{
+	char dir[160], path[192], pid[32] = "";
+	ssize_t n;
+	int fd;
+
+	if (vd_ctl_run_dir(d->o->transport, dir, sizeof(dir)) < 0) {
+		vd_log(VD_LOG_ERR, "the run dir name is too long");
+		return -1;
+	}
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		vd_log(VD_LOG_ERR, "cannot create the run dir %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/vdiskd.lock", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		vd_log(VD_LOG_ERR, "cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+
+		n = pread(fd, pid, sizeof(pid) - 1, 0);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		if (e == EWOULDBLOCK) {
+			vd_log(VD_LOG_ERR, "another vdiskd (pid %s) is running with run dir %s",
+			       pid[0] ? pid : "?", dir);
+		} else {
+			vd_log(VD_LOG_ERR, "cannot lock %s: %s", path, strerror(e));
+		}
+		close(fd);
+		return -1;
+	}
+	d->lock_fd = fd;
+	return 0;
+}
+
+static void write_daemon_pid(struct daemon *d)
+{
+	char pid[32];
+	int n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+
+	if (ftruncate(d->lock_fd, 0) < 0 || pwrite(d->lock_fd, pid, (size_t)n, 0) != n) {
+		vd_log(VD_LOG_WARN, "cannot record the pid in the lock file: %s", strerror(errno));
+	}
+}
+
 int vd_daemon_run(const struct vd_daemon_opts *o)
 {
-	struct daemon d = { .o = o, .xs_fd = -1, .sig_fd = -1 };
+	struct daemon d = { .o = o, .xs_fd = -1, .sig_fd = -1, .lock_fd = -1 };
 	sigset_t set;
 	bool stop = false;
 	int rc = 1;
 
 	vd_log_set_ident("vdiskd");
+	/* Before detaching: a second vdiskd fails where its caller sees it. */
+	if (take_daemon_lock(&d) < 0) {
+		return 1;
+	}
 	if (!o->foreground && daemonize() < 0) {
 		vd_log(VD_LOG_ERR, "cannot detach: %s", strerror(errno));
 		return 1;
@@ -492,6 +573,7 @@ int vd_daemon_run(const struct vd_daemon_opts *o)
 		return 1;
 	}
 	(void)signal(SIGPIPE, SIG_IGN);
+	write_daemon_pid(&d); /* after daemonize: the pid that stays */
 	d.sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (d.sig_fd < 0) {
 		vd_log(VD_LOG_ERR, "signalfd: %s", strerror(errno));
@@ -549,6 +631,7 @@ out:
 		xs_close(d.xs);
 	}
 	close(d.sig_fd);
+	close(d.lock_fd);
 	vd_log(VD_LOG_NOTICE, "exiting");
 	return rc;
 }

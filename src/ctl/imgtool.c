@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -336,6 +337,18 @@ int vd_imgtool_backing_path(const char *image_path, const char *backing, char *o
 
 /* ---- helpers ---- */
 
+/* Every tool opens through vd_image_open, which takes the image locks. */
+static int open_image_opts(const char *path, struct vd_image_opts *o, struct vd_image **out,
+			   struct vd_err *err)
+{
+	int ret = vd_image_open(path, o, out, err);
+
+	if (ret < 0 && err && err->errnum == 0) {
+		vd_err_set(err, -ret, "opening %s", path);
+	}
+	return ret;
+}
+
 static int open_image(const char *path, const char *format, bool readonly, struct vd_image **out,
 		      struct vd_err *err)
 {
@@ -345,12 +358,34 @@ static int open_image(const char *path, const char *format, bool readonly, struc
 		.readonly = readonly,
 		.cache = VD_CACHE_WRITEBACK,
 	};
-	int ret = vd_image_open(path, &o, out, err);
 
-	if (ret < 0 && err && err->errnum == 0) {
-		vd_err_set(err, -ret, "opening %s", path);
+	return open_image_opts(path, &o, out, err);
+}
+
+/*
+ * A tool never writes into its own input: DST (if it exists) must be no
+ * file of SRC's chain, whatever the spelling (./X, a symlink, a hard link):
+ * compared by device and inode, as the kernel sees them.
+ */
+static int refuse_own_input(struct vd_image *src, const char *dst, struct vd_err *err)
+{
+	struct vd_image *img;
+	struct stat ds, ss;
+
+	if (stat(dst, &ds) < 0) {
+		return errno == ENOENT ? 0 : vd_err_set(err, errno, "%s", dst);
 	}
-	return ret;
+	for (img = src; img; img = vd_image_backing(img)) {
+		if (stat(vd_image_path(img), &ss) == 0 && ss.st_dev == ds.st_dev &&
+		    ss.st_ino == ds.st_ino) {
+			return vd_err_set(err, EINVAL,
+					  "%s is %s%s, which the conversion reads: refusing to "
+					  "overwrite it",
+					  dst, img == src ? "the source " : "the backing file ",
+					  vd_image_path(img));
+		}
+	}
+	return 0;
 }
 
 static void *alloc_buf(size_t len)
@@ -584,6 +619,10 @@ int vd_imgtool_convert(const struct vd_convert_opts *o, struct vd_err *err)
 	if (ret < 0) {
 		return ret;
 	}
+	ret = refuse_own_input(src, o->dst, err);
+	if (ret < 0) {
+		goto out;
+	}
 	vd_image_get_info(src, &si);
 	if (co.size_bytes == 0) {
 		co.size_bytes = si.size_bytes;
@@ -726,7 +765,20 @@ int vd_imgtool_commit(const char *path, const char *format, enum vd_progress_mod
 	uint64_t off = 0, copied = 0;
 	int ret;
 
-	ret = open_image(path, format, true, &top, err);
+	/*
+	 * The chain below the top is opened sharing everything: this process
+	 * itself opens the base for writing next, and the base's writer lock
+	 * keeps everyone else out.
+	 */
+	struct vd_image_opts to = {
+		.format = format,
+		.io_backend = "uring",
+		.readonly = true,
+		.cache = VD_CACHE_WRITEBACK,
+		.backing_force_share = true,
+	};
+
+	ret = open_image_opts(path, &to, &top, err);
 	if (ret < 0) {
 		return ret;
 	}
@@ -880,11 +932,13 @@ static void json_str_or_null(FILE *f, const char *s)
 	}
 }
 
-int vd_imgtool_info(const char *path, const char *format, bool json, FILE *out, struct vd_err *err)
+int vd_imgtool_info(const char *path, const char *format, bool json, bool force_share, FILE *out,
+		    struct vd_err *err)
 {
 	struct vd_image_opts o = {
 		.format = format,
 		.readonly = true,
+		.force_share = force_share,
 		.io_backend = "sync",
 		.cache = VD_CACHE_WRITEBACK,
 	};

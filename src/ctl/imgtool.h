@@ -123,6 +123,8 @@ int vd_imgtool_resize(const char *path, const char *format, const char *size, bo
 		      FILE *out, struct vd_err *err);
 int vd_imgtool_create(const char *path, const char *format, const struct vd_image_create_opts *o,
 		      struct vd_err *err);
-int vd_imgtool_info(const char *path, const char *format, bool json, FILE *out, struct vd_err *err);
+/* force_share: as qemu-img info -U, read an image even while a writer holds it. */
+int vd_imgtool_info(const char *path, const char *format, bool json, bool force_share, FILE *out,
+		    struct vd_err *err);
 
 #endif

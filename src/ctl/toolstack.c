@@ -18,6 +18,7 @@
 
 #define TXN_MAX_TRIES 64
 #define DETACH_TOKEN  "vdisk-detach"
+#define ATTACH_TOKEN  "vdisk-attach"
 
 int vd_ctl_xs_exists(struct xs_handle *xs, xs_transaction_t t, const char *path)
 {
@@ -392,6 +393,76 @@ int vd_ctl_attach(struct xs_handle *xs, const struct vd_attach_opts *o, struct v
 	}
 	make_paths(&c.p, o->domid, o->vdev);
 	return vd_ctl_transaction(xs, attach_txn, &c, err);
+}
+
+/*
+ * 1 while the backend has not decided, 0 once it serves (state InitWait or
+ * later: the worker opened and locked the image), -EIO with its
+ * vdisk-error once it refused.
+ */
+static int backend_answer(struct xs_handle *xs, const char *be, struct vd_err *err)
+{
+	char *why = vd_ctl_xs_read(xs, XBT_NULL, be, "vdisk-error", 1024);
+	int state = -1, r;
+
+	if (why != NULL) {
+		/* the worker's message already ends with its strerror */
+		if (err != NULL && err->errnum == 0) {
+			err->errnum = EIO;
+			snprintf(err->msg, sizeof(err->msg), "the backend refused %s: %s", be, why);
+		}
+		free(why);
+		return -EIO;
+	}
+	r = read_state(xs, XBT_NULL, be, &state);
+	if (r == -ENOENT) {
+		return vd_err_set(err, ENOENT, "%s went away while attaching", be);
+	}
+	if (r < 0 && r != -EINVAL) {
+		return vd_err_set(err, -r, "reading %s/state", be);
+	}
+	return state >= XenbusStateInitWait && state <= XenbusStateConnected ? 0 : 1;
+}
+
+int vd_ctl_attach_wait(struct xs_handle *xs, uint16_t domid, uint32_t vdev, unsigned int timeout_ms,
+		       struct vd_err *err)
+{
+	uint64_t deadline = vd_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	struct vbd_paths p;
+	int fd = xs_fileno(xs);
+	int r;
+
+	make_paths(&p, domid, vdev);
+	if (fd < 0) {
+		return vd_err_set(err, errno > 0 ? errno : EIO, "xenstore watch fd");
+	}
+	if (!xs_watch(xs, p.be, ATTACH_TOKEN)) {
+		return vd_err_set(err, errno > 0 ? errno : EIO, "watching %s", p.be);
+	}
+	for (;;) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		uint64_t now, left_ms;
+		char **ev;
+
+		while ((ev = xs_check_watch(xs)) != NULL) {
+			free(ev);
+		}
+		r = backend_answer(xs, p.be, err);
+		if (r <= 0) {
+			break;
+		}
+		now = vd_now_ns();
+		if (now >= deadline) {
+			break; /* r == 1: nobody answered */
+		}
+		left_ms = (deadline - now + 999999) / 1000000;
+		if (poll(&pfd, 1, (int)VD_MIN(left_ms, 1000000u)) < 0 && errno != EINTR) {
+			r = vd_err_set(err, errno, "poll");
+			break;
+		}
+	}
+	xs_unwatch(xs, p.be, ATTACH_TOKEN);
+	return r;
 }
 
 /* ---- detach ---- */

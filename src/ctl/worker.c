@@ -157,20 +157,13 @@ static uint64_t tv_us(const struct timeval *tv)
 static void stats_open(struct worker *w)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	const char *dir = getenv("VDISK_RUN_DIR");
-	char simrun[160];
+	char dir[160];
 	int fd;
 
 	w->stats_fd = -1;
-	if (dir == NULL || dir[0] == '\0') {
-		const char *sim = getenv("VDISK_SIM_DIR");
-
-		dir = "/run/vdisk";
-		if (w->o->transport != NULL && strcmp(w->o->transport, "sim") == 0) {
-			snprintf(simrun, sizeof(simrun), "%s/run",
-				 sim != NULL && sim[0] != '\0' ? sim : "/run/vdisk-sim");
-			dir = simrun;
-		}
+	if (vd_ctl_run_dir(w->o->transport, dir, sizeof(dir)) < 0) {
+		vd_log(VD_LOG_WARN, "stats socket: the run dir name is too long");
+		return;
 	}
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		vd_log(VD_LOG_WARN, "stats socket: cannot create %s: %s", dir, strerror(errno));

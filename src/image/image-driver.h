@@ -13,6 +13,7 @@ struct vd_image {
 	struct vd_image_opts opts;
 	bool readonly;
 	bool corrupt;              /* set once metadata is found bad: writes fail */
+	bool force_share;          /* lock as a reader sharing everything (qemu -U) */
 	struct vd_image *backing;  /* opened (and closed) by the driver, or NULL */
 	struct vd_image_info info; /* from get_info at open; the core's submit checks use it */
 	/* driver state follows (image_state_size bytes) */
@@ -65,9 +66,16 @@ struct vd_image_driver {
 void vd_image_io_done(struct vd_io *io, int64_t result);
 /* For drivers: finish io later (from vd_ioctx_poll), e.g. on an early error. */
 void vd_image_io_fail(struct vd_image_queue *iq, struct vd_io *io, int64_t result);
-/* For drivers: the image's file opened with the image's options (backend, cache, ro). */
+/*
+ * For drivers: the image's file opened with the image's options (backend,
+ * cache, ro) and locked (io/lock.h): writer or reader per img->readonly.
+ * Every file of an image is opened here, so every open is locked.
+ */
 int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **out,
 		       struct vd_err *err);
+/* The same with explicit file options (o->readonly must be img->readonly). */
+int vd_image_open_file_opts(struct vd_image *img, const char *path, const struct vd_file_opts *o,
+			    struct vd_file **out, struct vd_err *err);
 
 extern const struct vd_image_driver vd_raw_driver;
 extern const struct vd_image_driver vd_vhd_driver;   /* src/image/vhd/ */

@@ -12,6 +12,7 @@
 #include "common/iov.h"
 #include "common/log.h"
 #include "image/image-driver.h"
+#include "io/lock.h"
 
 #define PROBE_BYTES 4096
 
@@ -37,6 +38,31 @@ static const struct vd_image_driver *find_driver(const char *name)
 	return NULL;
 }
 
+int vd_image_open_file_opts(struct vd_image *img, const char *path, const struct vd_file_opts *o,
+			    struct vd_file **out, struct vd_err *err)
+{
+	unsigned int perm = VD_LOCK_WRITER_PERM, shared = VD_LOCK_WRITER_SHARED;
+	int ret;
+
+	ret = vd_file_open(img->opts.io_backend, path, o, out, err);
+	if (ret < 0) {
+		return ret;
+	}
+	if (o->readonly && img->force_share) {
+		perm = VD_LOCK_SHARE_PERM;
+		shared = VD_LOCK_SHARE_SHARED;
+	} else if (o->readonly) {
+		perm = VD_LOCK_READER_PERM;
+		shared = VD_LOCK_READER_SHARED;
+	}
+	ret = vd_file_lock(*out, perm, shared, err);
+	if (ret < 0) {
+		vd_file_close(*out);
+		*out = NULL;
+	}
+	return ret;
+}
+
 int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **out,
 		       struct vd_err *err)
 {
@@ -46,7 +72,7 @@ int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **
 		.size_bytes = img->opts.size_bytes,
 	};
 
-	return vd_file_open(img->opts.io_backend, path, &fo, out, err);
+	return vd_image_open_file_opts(img, path, &fo, out, err);
 }
 
 static int probe(const char *path, const struct vd_image_opts *o,
@@ -131,6 +157,9 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 		}
 	}
 	opts.format = drv->name;
+	if (opts.force_share && !opts.readonly) {
+		return vd_err_set(err, EINVAL, "%s: force share (-U) needs a read-only open", path);
+	}
 	img = calloc(1, sizeof(*img) + drv->image_state_size);
 	if (!img) {
 		return vd_err_set(err, ENOMEM, "out of memory");
@@ -138,6 +167,9 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 	img->driver = drv;
 	img->opts = opts;
 	img->readonly = opts.readonly;
+	img->force_share = opts.force_share;
+	/* the drivers open backing files with (a copy of) img->opts */
+	img->opts.force_share = opts.force_share || opts.backing_force_share;
 	img->path = strdup(path);
 	if (!img->path) {
 		ret = vd_err_set(err, ENOMEM, "out of memory");
@@ -194,6 +226,32 @@ int vd_image_get_info(struct vd_image *img, struct vd_image_info *info)
 	return 0;
 }
 
+/*
+ * Creating over an existing file destroys it: first take a writer's locks
+ * on it (as qemu-img create does), so that an image in use by anyone (vdisk
+ * or qemu) is refused, and hold them while the driver rewrites the file.
+ */
+static int create_over(const char *path, const struct vd_image_driver *drv,
+		       const struct vd_image_create_opts *o, struct vd_err *err)
+{
+	struct vd_file_opts fo = { .readonly = false, .cache = VD_CACHE_WRITEBACK };
+	struct vd_file *f = NULL;
+	int ret;
+
+	ret = vd_file_open("sync", path, &fo, &f, NULL);
+	if (ret == 0) {
+		ret = vd_file_lock(f, VD_LOCK_WRITER_PERM, VD_LOCK_WRITER_SHARED, err);
+		if (ret < 0) {
+			vd_file_close(f);
+			return ret;
+		}
+	}
+	/* not there, or not openable: the driver's create says why */
+	ret = drv->create(path, o, err);
+	vd_file_close(f);
+	return ret;
+}
+
 int vd_image_create_opts(const char *path, const char *format, const struct vd_image_create_opts *o,
 			 struct vd_err *err)
 {
@@ -220,6 +278,9 @@ int vd_image_create_opts(const char *path, const char *format, const struct vd_i
 	}
 	if (o->flags & ~VD_IMAGE_CREATE_OVERWRITE) {
 		return vd_err_set(err, EINVAL, "unknown create flags 0x%x", o->flags);
+	}
+	if (o->flags & VD_IMAGE_CREATE_OVERWRITE) {
+		return create_over(path, drv, o, err);
 	}
 	return drv->create(path, o, err);
 }
@@ -356,6 +417,11 @@ void vd_image_submit(struct vd_image_queue *iq, struct vd_io *io)
 struct vd_image *vd_image_backing(struct vd_image *img)
 {
 	return img->backing;
+}
+
+const char *vd_image_path(const struct vd_image *img)
+{
+	return img->path;
 }
 
 int vd_image_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,

@@ -58,6 +58,16 @@ struct vd_image_opts {
 	uint64_t l2_cache_bytes;
 	uint64_t l2_cache_entry_bytes;
 	const char *snapshot; /* qcow2: open this internal snapshot (id or name), read-only */
+	/*
+	 * Image locks (io/lock.h), taken on every file of the chain: read-write
+	 * opens lock out every other writer and reader, read-only opens (and
+	 * backing files) lock out writers only, as qemu. force_share (qemu-img
+	 * -U; read-only opens only) shares everything with everyone.
+	 * backing_force_share: the same for the chain below this image only
+	 * (commit, which then opens the base for writing itself).
+	 */
+	bool force_share;
+	bool backing_force_share;
 };
 
 struct vd_image_info {
@@ -154,6 +164,8 @@ int vd_image_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *er
 
 /* The backing image opened by the driver, or NULL (borrowed). */
 struct vd_image *vd_image_backing(struct vd_image *img);
+/* The path the image was opened from (for the backing: as resolved). Borrowed. */
+const char *vd_image_path(const struct vd_image *img);
 
 /*
  * Synchronous access for control-plane tools (convert, commit, check

@@ -495,6 +495,14 @@ static int fault_resize(struct vd_file *f, uint64_t size_bytes)
 	return ret;
 }
 
+/* The locks are the inner file's: the fault layer only stands in front of it. */
+static int fault_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err)
+{
+	struct fault_state *s = st(f);
+
+	return vd_file_lock(s->inner, perm, shared, err);
+}
+
 const struct vd_io_backend vd_fault_backend = {
 	.name = "fault",
 	.file_state_size = sizeof(struct fault_state),
@@ -502,6 +510,7 @@ const struct vd_io_backend vd_fault_backend = {
 	.close = fault_close,
 	.submit = fault_submit,
 	.resize = fault_resize,
+	.lock = fault_lock,
 };
 
 /* ---- test API ---- */

@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "io/fault.h"
 #include "io/io-int.h"
+#include "io/lock.h"
 
 static const struct vd_io_backend *const backends[] = {
 	&vd_uring_backend, &vd_sync_backend, &vd_null_backend, &vd_mem_backend, &vd_fault_backend,
@@ -98,6 +99,14 @@ void vd_file_close(struct vd_file *f)
 	f->backend->close(f);
 	free(f->path);
 	free(f);
+}
+
+int vd_file_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err)
+{
+	if (!f->backend->lock) {
+		return 0;
+	}
+	return f->backend->lock(f, perm, shared, err);
 }
 
 int vd_file_resize(struct vd_file *f, uint64_t size_bytes)
@@ -355,6 +364,11 @@ int vd_fd_resize(struct vd_file *f, uint64_t size_bytes)
 	}
 	f->info.size_bytes = size_bytes;
 	return 0;
+}
+
+int vd_fd_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err)
+{
+	return vd_lock_fd(f->fd, perm, shared, f->path, err);
 }
 
 int vd_fd_blkdev_range(struct vd_file *f, enum vd_io_op op, uint64_t offset_bytes,

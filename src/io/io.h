@@ -113,6 +113,11 @@ struct vd_io_backend {
 	 * "complete req with res".
 	 */
 	void (*cqe)(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req *req, int32_t res);
+	/*
+	 * Optional (NULL: nothing to lock, as null and mem): take the image
+	 * locks for (perm, shared) on the file (io/lock.h), control thread.
+	 */
+	int (*lock)(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err);
 };
 
 struct vd_file {
@@ -137,6 +142,13 @@ int vd_file_open(const char *backend, const char *path, const struct vd_file_opt
 void vd_file_close(struct vd_file *f); /* NULL is a no-op */
 /* On ctx's thread. req->cb runs later, from vd_ioctx_poll(). */
 void vd_file_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req *req);
+/*
+ * Take QEMU-compatible image locks on f: it uses the permissions in perm
+ * and lets others use those in shared (VD_PERM_*, io/lock.h). -EBUSY with
+ * err when another opener (any process, or another open in this one) is in
+ * the way. Released when f is closed. 0 for backends without files.
+ */
+int vd_file_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err);
 /* Change the size (regular files only; -EOPNOTSUPP otherwise). Control thread. */
 int vd_file_resize(struct vd_file *f, uint64_t size_bytes);
 /*

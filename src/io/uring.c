@@ -180,5 +180,6 @@ const struct vd_io_backend vd_uring_backend = {
 	.close = uring_close,
 	.submit = uring_submit,
 	.resize = uring_resize,
+	.lock = vd_fd_lock,
 	.cqe = uring_cqe,
 };

@@ -519,7 +519,7 @@ static int vhd_open(struct vd_image *img, const struct vd_image_opts *o, struct 
 
 		vd_file_close(s->file);
 		s->file = NULL;
-		ret = vd_file_open(img->opts.io_backend, img->path, &fo, &s->file, err);
+		ret = vd_image_open_file_opts(img, img->path, &fo, &s->file, err);
 		if (ret < 0) {
 			return ret;
 		}

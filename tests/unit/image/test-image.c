@@ -196,7 +196,10 @@ static void test_bounds(void **state)
 static void test_readonly(void **state)
 {
 	struct fx *fx = *state;
-	struct vd_image_opts o = { .format = "auto", .io_backend = "sync", .readonly = true };
+	/* fx->img has it open for writing: only a force-share reader may join */
+	struct vd_image_opts o = {
+		.format = "auto", .io_backend = "sync", .readonly = true, .force_share = true
+	};
 	unsigned char *buf = abuf(4096);
 	struct iovec iov = { buf, 4096 };
 	struct vd_image_queue *iq;

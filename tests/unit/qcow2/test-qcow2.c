@@ -795,7 +795,9 @@ static void test_async_writeback(void **state)
 	struct vd_image_opts o = { .cache = VD_CACHE_WRITEBACK,
 				   .l2_cache_bytes = 2048,
 				   .l2_cache_entry_bytes = 512 };
-	struct vd_image_opts ro = { .cache = VD_CACHE_WRITEBACK, .readonly = true };
+	struct vd_image_opts ro = { .cache = VD_CACHE_WRITEBACK,
+				    .readonly = true,
+				    .force_share = true /* the writer still has it */ };
 	struct vd_image *img, *img2;
 	struct vd_image_queue *q;
 	struct vd_image_sync *s;
