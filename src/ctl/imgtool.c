@@ -336,6 +336,20 @@ int vd_imgtool_backing_path(const char *image_path, const char *backing, char *o
 
 /* ---- helpers ---- */
 
+static const struct vd_backing_policy *g_backing;
+
+void vd_imgtool_set_backing_policy(const struct vd_backing_policy *p)
+{
+	g_backing = p;
+}
+
+static void set_backing(struct vd_image_opts *o)
+{
+	if (g_backing) {
+		o->backing = *g_backing;
+	}
+}
+
 static int open_image(const char *path, const char *format, bool readonly, struct vd_image **out,
 		      struct vd_err *err)
 {
@@ -345,8 +359,10 @@ static int open_image(const char *path, const char *format, bool readonly, struc
 		.readonly = readonly,
 		.cache = VD_CACHE_WRITEBACK,
 	};
-	int ret = vd_image_open(path, &o, out, err);
+	int ret;
 
+	set_backing(&o);
+	ret = vd_image_open(path, &o, out, err);
 	if (ret < 0 && err && err->errnum == 0) {
 		vd_err_set(err, -ret, "opening %s", path);
 	}
@@ -893,6 +909,7 @@ int vd_imgtool_info(const char *path, const char *format, bool json, FILE *out, 
 	const char *fmt;
 	int ret;
 
+	set_backing(&o);
 	ret = vd_image_open(path, &o, &img, err);
 	if (ret < 0) {
 		if (err && err->errnum == 0) {

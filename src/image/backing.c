@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/log.h"
 #include "image/image-driver.h"
 
 /* True if path (resolved) is dir (resolved) or lies below it. */
@@ -88,8 +87,6 @@ int vd_image_open_backing(struct vd_image *img, const char *name, const char *pa
 					  "image can only be opened read-only",
 					  img->path, name);
 		}
-		vd_log(VD_LOG_INFO, "image %s: backing file %s not opened (no-backing)", img->path,
-		       name);
 		return 0;
 	}
 	real = realpath(path, NULL);
