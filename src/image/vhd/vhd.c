@@ -151,11 +151,18 @@ static int open_parent(struct vd_image *img, struct vd_err *err)
 	ret = vd_image_open_backing(img, s->parent_path, s->parent_path, "vhd", &parent, &perr);
 	g_chain_depth--;
 	if (ret < 0) {
-		if (perr.errnum == EACCES || perr.errnum == ELOOP) {
-			return vd_err_set(err, perr.errnum, "%s", vd_err_msg(&perr));
+		/* perr.msg ends with strerror already: copy it, do not wrap it twice */
+		if (err && !err->errnum) {
+			bool policy = perr.errnum == EACCES || perr.errnum == ELOOP;
+			int n = snprintf(err->msg, sizeof(err->msg), "%s%s%s%s%s",
+					 policy ? "" : img->path, policy ? "" : ": parent ",
+					 policy ? "" : s->parent_path,
+					 policy ? "" : " is not a usable VHD: ", vd_err_msg(&perr));
+
+			(void)n; /* truncated: still the start of the story */
+			err->errnum = -ret;
 		}
-		return vd_err_set(err, -ret, "%s: parent %s is not a usable VHD: %s", img->path,
-				  s->parent_path, vd_err_msg(&perr));
+		return ret;
 	}
 	if (!parent) {
 		return 0; /* no-backing: the child alone */
