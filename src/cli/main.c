@@ -231,6 +231,9 @@ static int cmd_attach(int argc, char **argv)
 	if (xs == NULL) {
 		return 1;
 	}
+	o.backing_dirs = vd_cli_backing()->dirs; /* --backing-dir, --no-backing: main() */
+	o.n_backing_dirs = vd_cli_backing()->n_dirs;
+	o.no_backing = vd_cli_backing()->none;
 	r = vd_ctl_attach(xs, &o, &err);
 	xs_close(xs);
 	if (r < 0) {
