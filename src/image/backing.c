@@ -54,7 +54,8 @@ static int check_allowed(const struct vd_image *img, const char *name, const cha
 	bool differs;
 	size_t i;
 
-	if (p->root_dir && in_tree(real, p->root_dir)) {
+	/* resolved again: a caller may name the root itself (opts.backing.root_dir) */
+	if (p->root_dir && realpath(p->root_dir, rdir) && in_tree(real, rdir)) {
 		return 0;
 	}
 	for (i = 0; i < p->n_dirs; i++) {
