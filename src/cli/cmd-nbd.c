@@ -35,7 +35,8 @@
 	"[--bind ADDR]]\n"                                                                  \
 	"                        [--readonly] [--export NAME] [--description TEXT]\n"       \
 	"                        [--threads N] [--cache direct|writeback] [--io BACKEND]\n" \
-	"                        [--max-conns N] [--handshake-timeout SECONDS]\n"
+	"                        [--max-conns N] [--handshake-timeout SECONDS]\n"           \
+	"                        [--backing-dir DIR]... [--no-backing]\n"
 
 enum {
 	OPT_SOCKET = 256,
@@ -271,6 +272,7 @@ int vd_cli_serve_nbd(int argc, char **argv)
 	}
 	image = argv[optind];
 
+	io.backing = *vd_cli_backing(); /* --backing-dir, --no-backing: main.c */
 	ret = vd_image_open(image, &io, &img, &err);
 	if (ret < 0) {
 		fprintf(stderr, "vdisk serve-nbd: %s\n",

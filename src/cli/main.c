@@ -57,7 +57,12 @@ static void usage(FILE *f)
 		"Other:\n"
 		"  help, --help, --version\n"
 		"\n"
-		"VDEV is a number (51712) or a name (xvda, xvdb1, sda, hdc).\n",
+		"VDEV is a number (51712) or a name (xvda, xvdb1, sda, hdc).\n"
+		"Every command that opens images (attach, create, info, check, map, convert,\n"
+		"snapshot, commit, resize, serve-nbd) also takes:\n"
+		"  --backing-dir DIR   backing files may also lie in DIR's tree (repeatable);\n"
+		"                      by default only in the top image's directory tree\n"
+		"  --no-backing        do not open backing files: the top layer alone, read-only\n",
 		f);
 }
 
@@ -235,6 +240,9 @@ static int cmd_attach(int argc, char **argv)
 	if (xs == NULL) {
 		return 1;
 	}
+	o.backing_dirs = vd_cli_backing()->dirs; /* --backing-dir, --no-backing: main() */
+	o.n_backing_dirs = vd_cli_backing()->n_dirs;
+	o.no_backing = vd_cli_backing()->none;
 	r = vd_ctl_attach(xs, &o, &err);
 	if (r == 0 && wait_s > 0) {
 		/* the worker opens (and locks) the image: say so if it cannot */
@@ -476,28 +484,29 @@ static int cmd_sim(int argc, char **argv)
 struct cmd {
 	const char *name;
 	int (*fn)(int argc, char **argv);
+	bool opens_images; /* takes --backing-dir DIR and --no-backing */
 };
 
 static const struct cmd g_cmds[] = {
-	{ "attach", cmd_attach },
+	{ "attach", cmd_attach, true },
 	{ "detach", cmd_detach },
 	{ "list", cmd_list },
-	{ "create", cmd_create },
-	{ "info", cmd_info },
+	{ "create", cmd_create, true },
+	{ "info", cmd_info, true },
 	{ "sim", cmd_sim },
 	/* image tools: cmd-image.c */
-	{ "check", vd_cli_check },
-	{ "map", vd_cli_map },
-	{ "convert", vd_cli_convert },
-	{ "snapshot", vd_cli_snapshot },
-	{ "commit", vd_cli_commit },
-	{ "resize", vd_cli_resize },
+	{ "check", vd_cli_check, true },
+	{ "map", vd_cli_map, true },
+	{ "convert", vd_cli_convert, true },
+	{ "snapshot", vd_cli_snapshot, true },
+	{ "commit", vd_cli_commit, true },
+	{ "resize", vd_cli_resize, true },
 	/* run-time views and benchmarks: cmd-perf.c */
 	{ "stats", vd_cli_stats },
 	{ "bench", vd_cli_bench },
 #ifdef VD_HAVE_NBD
 	/* NBD export of an image: cmd-nbd.c */
-	{ "serve-nbd", vd_cli_serve_nbd },
+	{ "serve-nbd", vd_cli_serve_nbd, true },
 #endif
 };
 
@@ -519,7 +528,15 @@ int main(int argc, char **argv)
 	}
 	for (size_t i = 0; i < VD_ARRAY_SIZE(g_cmds); i++) {
 		if (strcmp(argv[1], g_cmds[i].name) == 0) {
-			return g_cmds[i].fn(argc - 1, argv + 1);
+			int n = argc - 1;
+
+			if (g_cmds[i].opens_images) {
+				if (vd_cli_take_backing_opts(&n, argv + 1) < 0) {
+					return EXIT_USAGE;
+				}
+				vd_imgtool_set_backing_policy(vd_cli_backing());
+			}
+			return g_cmds[i].fn(n, argv + 1);
 		}
 	}
 	return usage_error("unknown command '%s'", argv[1]);

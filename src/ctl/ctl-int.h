@@ -36,6 +36,14 @@ struct vd_vbd_conf {
 	uint16_t frontend_id;          /* "frontend-id", must equal the path's domid */
 	uint64_t l2_cache_bytes;       /* qcow2 "l2-cache-size", 0: the driver's default */
 	uint64_t l2_cache_entry_bytes; /* qcow2 "l2-cache-entry-size", 0: default */
+	/*
+	 * The backing-file policy (image.h): "backing-dirs", absolute
+	 * directories separated by ':', plus the daemon's --backing-dir
+	 * (vd_vbd_conf_add_backing_dirs); "no-backing" 0|1.
+	 */
+	char **backing_dirs;
+	size_t n_backing_dirs;
+	bool no_backing;
 };
 
 /*
@@ -46,6 +54,10 @@ struct vd_vbd_conf {
 int vd_vbd_conf_read(struct xs_handle *xs, const char *be_path, uint16_t domid,
 		     struct vd_vbd_conf *c, struct vd_err *err);
 void vd_vbd_conf_fini(struct vd_vbd_conf *c);
+
+/* Append copies of dirs[0..n) to c's allow-list (the daemon's --backing-dir). */
+int vd_vbd_conf_add_backing_dirs(struct vd_vbd_conf *c, const char *const *dirs, size_t n,
+				 struct vd_err *err);
 
 /* Fill the image options for vd_image_open from c (borrows c's strings). */
 void vd_vbd_image_opts(const struct vd_vbd_conf *c, struct vd_image_opts *o);

@@ -112,6 +112,10 @@ struct vd_attach_opts {
 	bool zero_copy;         /* zero-copy: O_DIRECT straight to mapped guest pages */
 	bool io_fixed;          /* io-fixed: io_uring registered buffers and files */
 	bool check_image;       /* check IMAGE exists and is readable (not for null/mem) */
+	/* The backing-file policy: "backing-dirs" (joined by ':'), "no-backing". */
+	const char *const *backing_dirs;
+	size_t n_backing_dirs;
+	bool no_backing;
 };
 
 /*
@@ -179,6 +183,9 @@ struct vd_worker_opts {
 	uint16_t domid;      /* from the path (validated) */
 	uint32_t devid;
 	const char *transport; /* "sim" or "xen" */
+	/* vdiskd --backing-dir: allowed for every VBD, besides its backing-dirs key */
+	const char *const *backing_dirs;
+	size_t n_backing_dirs;
 };
 
 /*
@@ -193,9 +200,11 @@ int vd_worker_run(const struct vd_worker_opts *o);
 /* ---- the daemon (daemon.c) ---- */
 
 struct vd_daemon_opts {
-	const char *transport;        /* "sim" or "xen"; NULL: "xen" */
-	bool foreground;              /* false: detach from the terminal */
-	unsigned int kill_timeout_ms; /* SIGTERM -> SIGKILL grace at shutdown; 0: 5000 */
+	const char *transport;           /* "sim" or "xen"; NULL: "xen" */
+	bool foreground;                 /* false: detach from the terminal */
+	unsigned int kill_timeout_ms;    /* SIGTERM -> SIGKILL grace at shutdown; 0: 5000 */
+	const char *const *backing_dirs; /* --backing-dir, for every worker */
+	size_t n_backing_dirs;
 };
 
 /*

@@ -97,7 +97,9 @@ VD_NORETURN static void child_main(struct daemon *d, struct vbd_ent *e)
 {
 	struct vd_worker_opts wo = { .domid = e->domid,
 				     .devid = e->devid,
-				     .transport = d->o->transport };
+				     .transport = d->o->transport,
+				     .backing_dirs = d->o->backing_dirs,
+				     .n_backing_dirs = d->o->n_backing_dirs };
 	char be[VD_CTL_PATH_MAX];
 	sigset_t set;
 	int rc;

@@ -337,12 +337,31 @@ int vd_imgtool_backing_path(const char *image_path, const char *backing, char *o
 
 /* ---- helpers ---- */
 
-/* Every tool opens through vd_image_open, which takes the image locks. */
+static const struct vd_backing_policy *g_backing;
+
+void vd_imgtool_set_backing_policy(const struct vd_backing_policy *p)
+{
+	g_backing = p;
+}
+
+static void set_backing(struct vd_image_opts *o)
+{
+	if (g_backing) {
+		o->backing = *g_backing;
+	}
+}
+
+/*
+ * Every tool opens through here: vd_image_open takes the image locks and
+ * applies the backing-file policy to the chain.
+ */
 static int open_image_opts(const char *path, struct vd_image_opts *o, struct vd_image **out,
 			   struct vd_err *err)
 {
-	int ret = vd_image_open(path, o, out, err);
+	int ret;
 
+	set_backing(o);
+	ret = vd_image_open(path, o, out, err);
 	if (ret < 0 && err && err->errnum == 0) {
 		vd_err_set(err, -ret, "opening %s", path);
 	}
@@ -947,6 +966,7 @@ int vd_imgtool_info(const char *path, const char *format, bool json, bool force_
 	const char *fmt;
 	int ret;
 
+	set_backing(&o);
 	ret = vd_image_open(path, &o, &img, err);
 	if (ret < 0) {
 		if (err && err->errnum == 0) {

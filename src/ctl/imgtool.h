@@ -94,6 +94,12 @@ int vd_imgtool_backing_path(const char *image_path, const char *backing, char *o
 
 /* ---- commands ---- */
 
+/*
+ * The backing-file policy every command below opens images with (image.h;
+ * default: zero). p and its strings are borrowed until the last command.
+ */
+void vd_imgtool_set_backing_policy(const struct vd_backing_policy *p);
+
 /* Exit codes of check (qemu-img check's). */
 #define VD_CHECK_CLEAN   0
 #define VD_CHECK_CORRUPT 2

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,6 +235,44 @@ static int write_tunables(struct xs_handle *xs, xs_transaction_t t, const char *
 	return 0;
 }
 
+/*
+ * The backing-file policy the worker reads (vbd.c read_backing): the
+ * directories resolved here, since the worker does not share our cwd.
+ */
+static int write_backing(struct xs_handle *xs, xs_transaction_t t, const char *be,
+			 const struct vd_attach_opts *o, struct xs_permissions *perms,
+			 struct vd_err *err)
+{
+	char val[4096], dir[PATH_MAX];
+	size_t used = 0, i;
+	int r;
+
+	if (o->no_backing && (r = xwrite(xs, t, be, "no-backing", "1", perms, 2, err)) < 0) {
+		return r;
+	}
+	if (o->n_backing_dirs == 0) {
+		return 0;
+	}
+	for (i = 0; i < o->n_backing_dirs; i++) {
+		size_t n;
+
+		if (realpath(o->backing_dirs[i], dir) == NULL) {
+			return vd_err_set(err, errno, "backing directory %s", o->backing_dirs[i]);
+		}
+		n = strlen(dir);
+		if (strchr(dir, ':') != NULL || used + n + 2 > sizeof(val)) {
+			return vd_err_set(err, EINVAL,
+					  "backing directory %s: has a ':' or is too long", dir);
+		}
+		if (used > 0) {
+			val[used++] = ':';
+		}
+		memcpy(val + used, dir, n + 1);
+		used += n;
+	}
+	return xwrite(xs, t, be, "backing-dirs", val, perms, 2, err);
+}
+
 static int attach_txn(struct xs_handle *xs, xs_transaction_t t, void *arg, struct vd_err *err)
 {
 	struct attach_ctx *c = arg;
@@ -326,7 +365,8 @@ static int attach_txn(struct xs_handle *xs, xs_transaction_t t, void *arg, struc
 		}
 	}
 
-	if ((r = write_tunables(xs, t, c->p.be, o, be_perms, err)) < 0) {
+	if ((r = write_tunables(xs, t, c->p.be, o, be_perms, err)) < 0 ||
+	    (r = write_backing(xs, t, c->p.be, o, be_perms, err)) < 0) {
 		return r;
 	}
 

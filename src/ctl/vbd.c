@@ -58,6 +58,71 @@ static bool one_of(const char *v, const char *const *names)
 	return false;
 }
 
+#define MAX_BACKING_DIRS 32
+
+int vd_vbd_conf_add_backing_dirs(struct vd_vbd_conf *c, const char *const *dirs, size_t n,
+				 struct vd_err *err)
+{
+	char **a;
+	size_t i;
+
+	if (n == 0) {
+		return 0;
+	}
+	if (c->n_backing_dirs + n > MAX_BACKING_DIRS) {
+		return vd_err_set(err, E2BIG, "more than %d backing directories", MAX_BACKING_DIRS);
+	}
+	a = realloc(c->backing_dirs, sizeof(*a) * (c->n_backing_dirs + n));
+	if (a == NULL) {
+		return vd_err_set(err, ENOMEM, "out of memory");
+	}
+	c->backing_dirs = a;
+	for (i = 0; i < n; i++) {
+		a[c->n_backing_dirs] = strdup(dirs[i]);
+		if (a[c->n_backing_dirs] == NULL) {
+			return vd_err_set(err, ENOMEM, "out of memory");
+		}
+		c->n_backing_dirs++;
+	}
+	return 0;
+}
+
+/* "backing-dirs" (DIR[:DIR...], each absolute) and "no-backing" (0|1). */
+static int read_backing(struct xs_handle *xs, const char *be, struct vd_vbd_conf *c,
+			struct vd_err *err)
+{
+	char *dirs, *p, *next;
+	uint64_t v;
+	bool present;
+	int r;
+
+	r = read_opt_uint(xs, be, "no-backing", 1, &present, &v, err);
+	if (r < 0) {
+		return r;
+	}
+	c->no_backing = present && v != 0;
+	r = read_opt(xs, be, "backing-dirs", VALUE_MAX, &dirs, err);
+	if (r < 0 || dirs == NULL) {
+		return r;
+	}
+	for (p = dirs; p != NULL && r >= 0; p = next) {
+		const char *one = p;
+
+		next = strchr(p, ':');
+		if (next != NULL) {
+			*next++ = '\0';
+		}
+		if (one[0] != '/') {
+			r = vd_err_set(err, EINVAL,
+				       "%s/backing-dirs: '%.64s' is not an absolute path", be, one);
+			break;
+		}
+		r = vd_vbd_conf_add_backing_dirs(c, &one, 1, err);
+	}
+	free(dirs);
+	return r;
+}
+
 int vd_vbd_conf_read(struct xs_handle *xs, const char *be, uint16_t domid, struct vd_vbd_conf *c,
 		     struct vd_err *err)
 {
@@ -169,6 +234,10 @@ int vd_vbd_conf_read(struct xs_handle *xs, const char *be, uint16_t domid, struc
 	if (present) {
 		c->discard_enable = v != 0;
 	}
+	r = read_backing(xs, be, c, err);
+	if (r < 0) {
+		goto err;
+	}
 	free(mode);
 	free(cache);
 	return 0;
@@ -185,6 +254,12 @@ void vd_vbd_conf_fini(struct vd_vbd_conf *c)
 	free(c->format);
 	free(c->io_backend);
 	c->params = c->format = c->io_backend = NULL;
+	for (size_t i = 0; i < c->n_backing_dirs; i++) {
+		free(c->backing_dirs[i]);
+	}
+	free(c->backing_dirs);
+	c->backing_dirs = NULL;
+	c->n_backing_dirs = 0;
 }
 
 void vd_vbd_image_opts(const struct vd_vbd_conf *c, struct vd_image_opts *o)
@@ -197,6 +272,9 @@ void vd_vbd_image_opts(const struct vd_vbd_conf *c, struct vd_image_opts *o)
 	o->size_bytes = c->size_bytes;
 	o->l2_cache_bytes = c->l2_cache_bytes;
 	o->l2_cache_entry_bytes = c->l2_cache_entry_bytes;
+	o->backing.none = c->no_backing;
+	o->backing.dirs = (const char *const *)c->backing_dirs;
+	o->backing.n_dirs = c->n_backing_dirs;
 }
 
 void vd_vbd_make_caps(const struct vd_vbd_conf *c, const struct vd_image_info *info,

@@ -645,6 +645,11 @@ int vd_worker_run(const struct vd_worker_opts *o)
 		refuse(&w, &err);
 		goto out;
 	}
+	r = vd_vbd_conf_add_backing_dirs(&w.conf, o->backing_dirs, o->n_backing_dirs, &err);
+	if (r < 0) {
+		refuse(&w, &err);
+		goto out;
+	}
 	vd_vbd_image_opts(&w.conf, &iopts);
 	r = vd_image_open(w.conf.params, &iopts, &w.image, &err);
 	if (r < 0) {

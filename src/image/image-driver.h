@@ -15,6 +15,7 @@ struct vd_image {
 	bool corrupt;              /* set once metadata is found bad: writes fail */
 	bool force_share;          /* lock as a reader sharing everything (qemu -U) */
 	struct vd_image *backing;  /* opened (and closed) by the driver, or NULL */
+	char *backing_root;        /* the top image's resolved directory (opts.backing.root_dir) */
 	struct vd_image_info info; /* from get_info at open; the core's submit checks use it */
 	/* driver state follows (image_state_size bytes) */
 	_Alignas(16) unsigned char state[];
@@ -76,6 +77,20 @@ int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **
 /* The same with explicit file options (o->readonly must be img->readonly). */
 int vd_image_open_file_opts(struct vd_image *img, const char *path, const struct vd_file_opts *o,
 			    struct vd_file **out, struct vd_err *err);
+
+/*
+ * For drivers (backing.c): open the backing file of img under the policy
+ * img->opts.backing. name: as recorded in the image (for messages); path:
+ * where it points (a relative name made relative to the image's
+ * directory); format: the recorded format, NULL if none (then a file that
+ * probes as raw is refused). Opens read-only, with img's other options.
+ * 0 with *out NULL when the policy says to serve the top alone; -EACCES
+ * when the policy refuses it; err says why.
+ */
+int vd_image_open_backing(struct vd_image *img, const char *name, const char *path,
+			  const char *format, struct vd_image **out, struct vd_err *err);
+/* The resolved directory of image_path (malloc'd), or NULL. */
+char *vd_image_backing_root(const char *image_path);
 
 extern const struct vd_image_driver vd_raw_driver;
 extern const struct vd_image_driver vd_vhd_driver;   /* src/image/vhd/ */

@@ -175,7 +175,15 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 		ret = vd_err_set(err, ENOMEM, "out of memory");
 		goto err_free;
 	}
-	ret = drv->open(img, &opts, err);
+	if (!img->opts.backing.root_dir) {
+		/* the top of a chain: its directory is the root for every layer */
+		img->backing_root = vd_image_backing_root(path);
+		img->opts.backing.root_dir = img->backing_root;
+	}
+	ret = drv->open(img, &img->opts, err);
+	/* the allow-list was borrowed for the open only */
+	img->opts.backing.dirs = NULL;
+	img->opts.backing.n_dirs = 0;
 	if (ret < 0) {
 		goto err_free_path;
 	}
@@ -196,6 +204,7 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 err_close:
 	drv->close(img);
 err_free_path:
+	free(img->backing_root);
 	free(img->path);
 err_free:
 	free(img);
@@ -208,6 +217,7 @@ void vd_image_close(struct vd_image *img)
 		return;
 	}
 	img->driver->close(img);
+	free(img->backing_root);
 	free(img->path);
 	free(img);
 }

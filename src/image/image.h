@@ -16,6 +16,7 @@
 #define VD_IMAGE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
 #include "common/err.h"
@@ -39,6 +40,30 @@ struct vd_io {
 	struct vd_image_queue *iq;
 	struct vd_file_req freq; /* for single-extent drivers such as raw */
 	void *driver_ctx;        /* io_ctx_size bytes, provided by the core */
+};
+
+/*
+ * Which backing files (qcow2) and parents (vhd) an image may name. The
+ * image file is untrusted: without a policy it could name any host file
+ * and have it served to the guest. Zero means the default:
+ *   - a backing file must resolve (realpath, after symlinks) to a file in
+ *     root_dir or below it, or in or below one of dirs;
+ *   - root_dir is the top image's directory (realpath), and stays so down
+ *     the whole chain: each layer is checked against the same tree, not
+ *     against its own directory;
+ *   - a raw backing file needs its format recorded in the image (qcow2
+ *     backing format "raw"); a name probed as raw is refused;
+ *   - a vhd parent must be a vhd whose UUID is the one the child records.
+ * none: do not open backing files at all; the top layer is served alone
+ * and what it does not allocate reads as zeroes (read-only use only: a
+ * write would copy zeroes up where the backing had data).
+ * The strings are borrowed for the duration of vd_image_open() only.
+ */
+struct vd_backing_policy {
+	bool none;
+	const char *const *dirs; /* n_dirs allow-listed directories */
+	size_t n_dirs;
+	const char *root_dir; /* NULL: the top image's directory (the core fills it) */
 };
 
 struct vd_image_opts {
@@ -68,6 +93,7 @@ struct vd_image_opts {
 	 */
 	bool force_share;
 	bool backing_force_share;
+	struct vd_backing_policy backing; /* backing files this image may use */
 };
 
 struct vd_image_info {

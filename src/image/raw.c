@@ -60,7 +60,15 @@ static int raw_get_info(struct vd_image *img, struct vd_image_info *info)
 	struct vd_file *f = raw(img)->file;
 	struct stat st;
 
+	/*
+	 * A file whose size is not a multiple of 512 has its last sector padded
+	 * with zeroes, as qemu does: reads past the end of the file return
+	 * zeroes (io.h), so the tail is usable, by a guest or as a backing file.
+	 */
 	info->size_bytes = f->info.size_bytes;
+	if (f->fd >= 0 && !f->info.is_blockdev) {
+		info->size_bytes = VD_ALIGN_UP(info->size_bytes, (uint64_t)VD_SECTOR_SIZE);
+	}
 	info->sector_bytes = f->info.logical_block_bytes;
 	info->physical_sector_bytes = f->info.physical_block_bytes;
 	info->readonly = f->info.readonly;

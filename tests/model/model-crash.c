@@ -126,6 +126,8 @@ static int open_img(struct model *m, bool fault, struct vd_image **img, struct v
 		.format = m->format,
 		.io_backend = fault ? "fault" : "sync",
 		.cache = VD_CACHE_WRITEBACK,
+		/* "sync:PATH" is no directory: name the tree of the backing file */
+		.backing.root_dir = m->dir,
 	};
 
 	snprintf(fpath, sizeof(fpath), "%s%s", fault ? "sync:" : "", m->path);

@@ -271,7 +271,6 @@ static int parse_extensions(struct vd_image *img, const uint8_t *c0, uint64_t en
 static int open_backing(struct vd_image *img, struct vd_err *err)
 {
 	struct qcow2_state *s = qcow2_s(img);
-	struct vd_image_opts bo = img->opts;
 	char *path = NULL;
 	int ret;
 
@@ -292,15 +291,10 @@ static int open_backing(struct vd_image *img, struct vd_err *err)
 	if (!path) {
 		return vd_err_set(err, ENOMEM, "out of memory");
 	}
-	bo.readonly = true;
-	bo.format = s->backing_format;
-	bo.snapshot = NULL;
 	open_depth++;
-	ret = vd_image_open(path, &bo, &img->backing, err);
+	ret = vd_image_open_backing(img, s->backing_file, path, s->backing_format, &img->backing,
+				    err);
 	open_depth--;
-	if (ret < 0) {
-		vd_err_set(err, -ret, "%s: cannot open backing file %s", img->path, path);
-	}
 	free(path);
 	return ret;
 }

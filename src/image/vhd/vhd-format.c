@@ -444,13 +444,20 @@ static int parent_info(const char *child, const struct vd_image_create_opts *o, 
 	if (ret < 0) {
 		return ret;
 	}
+	if (parent->driver != &vd_vhd_driver) {
+		/* it would be refused at open: a parent must be a VHD with a UUID */
+		const char *fmt = parent->driver->name; /* static storage */
+
+		vd_image_close(parent);
+		return vd_err_set(err, EINVAL,
+				  "vhd: the parent %s is %s, not a VHD: a differencing disk's "
+				  "parent must be a VHD",
+				  parent_abs, fmt);
+	}
 	*size = parent->info.size_bytes;
-	memset(uuid, 0, 16);
-	if (parent->driver == &vd_vhd_driver) {
-		memcpy(uuid, vhd_st(parent)->footer.uuid, 16);
-		if (!o->cluster_bytes && vhd_st(parent)->block_size) {
-			*block = vhd_st(parent)->block_size; /* as vhd-util snapshot */
-		}
+	memcpy(uuid, vhd_st(parent)->footer.uuid, 16);
+	if (!o->cluster_bytes && vhd_st(parent)->block_size) {
+		*block = vhd_st(parent)->block_size; /* as vhd-util snapshot */
 	}
 	vd_image_close(parent);
 	*ts = st.st_mtime > (time_t)VHD_TIMESTAMP_BASE

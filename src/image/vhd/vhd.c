@@ -124,40 +124,55 @@ static int find_parent(struct vd_image *img, char **out, struct vd_err *err)
 			  img->path, i > 0 ? " " : "", i > 0 ? name : "");
 }
 
+/*
+ * A parent must be a vhd (opened as one, never probed: a raw file is no
+ * parent) whose UUID is the one this child records, under the image's
+ * backing-file policy (backing.c).
+ */
 static int open_parent(struct vd_image *img, struct vd_err *err)
 {
 	struct vhd_state *s = vhd_st(img);
-	struct vd_image_opts po = img->opts;
 	struct vd_image *parent;
+	struct vd_err perr = { 0 };
 	int ret;
 
 	if (g_chain_depth >= VHD_MAX_CHAIN) {
 		return vd_err_set(err, ELOOP, "%s: parent chain deeper than %d (a loop?)",
 				  img->path, VHD_MAX_CHAIN);
 	}
+	if (img->opts.backing.none) {
+		return vd_image_open_backing(img, "(its parent)", "", "vhd", &img->backing, err);
+	}
 	ret = find_parent(img, &s->parent_path, err);
 	if (ret < 0) {
 		return ret;
 	}
-	po.format = NULL;
-	po.readonly = true;
 	g_chain_depth++;
-	ret = vd_image_open(s->parent_path, &po, &parent, err);
+	ret = vd_image_open_backing(img, s->parent_path, s->parent_path, "vhd", &parent, &perr);
 	g_chain_depth--;
 	if (ret < 0) {
+		/* perr.msg ends with strerror already: copy it, do not wrap it twice */
+		if (err && !err->errnum) {
+			bool policy = perr.errnum == EACCES || perr.errnum == ELOOP;
+			int n = snprintf(err->msg, sizeof(err->msg), "%s%s%s%s%s",
+					 policy ? "" : img->path, policy ? "" : ": parent ",
+					 policy ? "" : s->parent_path,
+					 policy ? "" : " is not a usable VHD: ", vd_err_msg(&perr));
+
+			(void)n; /* truncated: still the start of the story */
+			err->errnum = -ret;
+		}
 		return ret;
 	}
-	if (parent->driver == &vd_vhd_driver) {
-		static const uint8_t zero[16];
-		const uint8_t *pu = vhd_st(parent)->footer.uuid;
-
-		if (memcmp(s->header.parent_uuid, zero, 16) != 0 &&
-		    memcmp(s->header.parent_uuid, pu, 16) != 0) {
-			vd_image_close(parent);
-			return vd_err_set(err, EINVAL,
-					  "%s: parent %s has another UUID than recorded", img->path,
-					  s->parent_path);
-		}
+	if (!parent) {
+		return 0; /* no-backing: the child alone */
+	}
+	if (memcmp(s->header.parent_uuid, vhd_st(parent)->footer.uuid, 16) != 0) {
+		vd_image_close(parent);
+		return vd_err_set(err, EINVAL,
+				  "%s: parent %s has another UUID than the one this differencing "
+				  "disk records: refused",
+				  img->path, s->parent_path);
 	}
 	img->backing = parent;
 	return 0;

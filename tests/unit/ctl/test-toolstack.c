@@ -196,8 +196,25 @@ static void test_attach_options(void **state)
 	o.zero_copy = false;
 	o.have_io_fixed = true;
 	o.io_fixed = true;
+	/* backing directories: each must exist (resolved), joined by ':' */
+	{
+		static const char *const bad[] = { "/nonexistent-vdisk-dir" };
+		static const char *const dirs[] = { "/", "/tmp/../etc" };
+
+		o.backing_dirs = bad;
+		o.n_backing_dirs = 1;
+		memset(&err, 0, sizeof(err));
+		assert_int_equal(vd_ctl_attach(g_xs, &o, &err), -ENOENT);
+		assert_non_null(strstr(err.msg, "backing directory"));
+		expect(BE5 "/51728", NULL);
+		o.backing_dirs = dirs;
+		o.n_backing_dirs = 2;
+		o.no_backing = true;
+	}
 	memset(&err, 0, sizeof(err));
 	assert_int_equal(vd_ctl_attach(g_xs, &o, &err), 0);
+	expect(BE5 "/51728/backing-dirs", "/:/etc");
+	expect(BE5 "/51728/no-backing", "1");
 	expect(BE5 "/51728/polling-duration", "0");
 	expect(BE5 "/51728/polling-idle-threshold", "35");
 	expect(BE5 "/51728/zero-copy", "0");
@@ -430,6 +447,49 @@ static void test_conf_read(void **state)
 	assert_true(xs_rm(g_xs, XBT_NULL, VD_CTL_BACKEND_ROOT "/6"));
 }
 
+/* backing-dirs / no-backing, and the daemon's --backing-dir added to them. */
+static void test_conf_backing(void **state)
+{
+	static const char *const daemon_dirs[] = { "/srv/base" };
+	struct vd_image_opts o;
+	struct vd_vbd_conf c;
+	struct vd_err err = { 0 };
+
+	put("frontend-id", "6");
+	put("params", "/img");
+	assert_int_equal(conf(&c), 0);
+	assert_false(c.no_backing);
+	assert_int_equal(c.n_backing_dirs, 0);
+	vd_vbd_conf_fini(&c);
+
+	put("backing-dirs", "/a:/b/c");
+	put("no-backing", "1");
+	assert_int_equal(conf(&c), 0);
+	assert_true(c.no_backing);
+	assert_int_equal(c.n_backing_dirs, 2);
+	assert_string_equal(c.backing_dirs[0], "/a");
+	assert_string_equal(c.backing_dirs[1], "/b/c");
+	assert_int_equal(vd_vbd_conf_add_backing_dirs(&c, daemon_dirs, 1, &err), 0);
+	vd_vbd_image_opts(&c, &o);
+	assert_true(o.backing.none);
+	assert_int_equal(o.backing.n_dirs, 3);
+	assert_string_equal(o.backing.dirs[2], "/srv/base");
+	assert_null(o.backing.root_dir);
+	vd_vbd_conf_fini(&c);
+
+	/* relative or empty directories, and junk in no-backing, are refused */
+	put("backing-dirs", "/a:rel");
+	assert_int_equal(conf(&c), -EINVAL);
+	put("backing-dirs", "/a::/b");
+	assert_int_equal(conf(&c), -EINVAL);
+	put("backing-dirs", "/a");
+	put("no-backing", "2");
+	assert_int_equal(conf(&c), -EINVAL);
+	put("no-backing", NULL);
+	put("backing-dirs", NULL);
+	assert_true(xs_rm(g_xs, XBT_NULL, VD_CTL_BACKEND_ROOT "/6"));
+}
+
 static void test_caps(void **state)
 {
 	struct vd_vbd_conf c = { .max_queues = 4, .discard_enable = true };
@@ -495,6 +555,7 @@ int main(void)
 		cmocka_unit_test(test_detach_waits_for_closed),
 		cmocka_unit_test(test_report_error),
 		cmocka_unit_test(test_conf_read),
+		cmocka_unit_test(test_conf_backing),
 		cmocka_unit_test(test_caps),
 	};
 	const char *bin = getenv("VD_XENSTORED");
