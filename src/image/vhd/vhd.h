@@ -8,7 +8,9 @@
  *   vhd.c         open/close, chain walking, info, block status, check,
  *                 resize, the driver vtable
  *   vhd-io.c      the datapath: split at block boundaries, reads through
- *                 the chain, allocation by the metadata owner
+ *                 the chain, jobs sent to the metadata owner
+ *   vhd-alloc.c   the owner's allocation rounds (vhd-io-int.h is what
+ *                 the two share)
  *
  * Layout of a dynamic/differencing file as vdisk writes it:
  *   0      footer copy (512)
