@@ -39,9 +39,16 @@ struct vhd_round {
 	uint8_t *bm_hdr; /* 512 */
 	struct iovec fiov, bmiov, bmhiov;
 	bool wrote_fresh;
+	bool any_fresh;     /* new blocks placed at the end of data */
+	bool bat_written;   /* BAT sectors were submitted (step 3) */
+	uint64_t data_end0; /* before the round: what a rollback restores */
+	int64_t rb_error;   /* first error of the rollback itself */
 	struct vhd_queue *q;
 };
 static void round_start(struct vd_image *img, struct vhd_queue *q);
+
+/* round phases 0..5 (vhd.h steps), then the rollback of a failed round */
+enum { RB_FIRST = 10, RB_BAT = RB_FIRST, RB_FLUSH, RB_FOOTER, RB_TRUNCATE };
 
 static void msg_answer(void *arg)
 {
@@ -118,11 +125,19 @@ static bool all_bits(const uint8_t *map, uint32_t n)
 static void round_step(struct vhd_round *rd);
 static void answer(struct vhd_queue *owner, struct vhd_job *job);
 
+/* Record the round's first error (the rollback's, once it runs). */
+static void round_fail(struct vhd_round *rd, int64_t result)
+{
+	int64_t *err = rd->phase >= RB_FIRST ? &rd->rb_error : &rd->error;
+
+	if (result < 0 && *err == 0) {
+		*err = result;
+	}
+}
+
 static void round_one_done(struct vhd_round *rd, int64_t result)
 {
-	if (result < 0 && rd->error == 0) {
-		rd->error = result;
-	}
+	round_fail(rd, result);
 	if (--rd->pending == 0) {
 		round_step(rd);
 	}
@@ -209,12 +224,71 @@ static void round_kick(struct vhd_round *rd)
 	vd_ioctx_complete(rd->q->ioctx, &rd->flush, 0);
 }
 
+/* Group the round's jobs by block and place new blocks at the end of data. */
+static int group_jobs(struct vhd_round *rd)
+{
+	struct vhd_state *s = vhd_st(rd->q->img);
+	struct vhd_job *j;
+	uint32_t i;
+
+	for (j = rd->jobs; j; j = j->next) {
+		struct rblk *b = find_blk(rd, j->block);
+
+		if (!b) {
+			b = &rd->blks[rd->nblks++];
+			b->block = j->block;
+			b->sector = vhd_bat_get(s, j->block);
+			if (b->sector == VHD_BAT_UNUSED) {
+				/*
+				 * The sector bitmap sits just before a page boundary so
+				 * that the block's data is page-aligned: O_DIRECT on
+				 * 4 KiB-sector disks needs it, and sub-block direct
+				 * writes serialise on ext4/xfs.
+				 */
+				uint64_t off = VD_ALIGN_UP(s->data_end + s->bitmap_bytes,
+							   (uint64_t)VD_PAGE_SIZE) -
+					       s->bitmap_bytes;
+
+				if (off / VHD_SECTOR >= VHD_BAT_UNUSED) {
+					return -ENOSPC;
+				}
+				b->fresh = true;
+				rd->any_fresh = true;
+				b->sector = (uint32_t)(off / VHD_SECTOR);
+				s->data_end = off + s->bitmap_bytes + s->block_size;
+			}
+			if (b->fresh || s->type == VHD_TYPE_DIFF) {
+				b->bitmap = aligned_alloc(
+					VD_PAGE_SIZE, VD_ALIGN_UP(s->bitmap_bytes, VD_PAGE_SIZE));
+				if (!b->bitmap) {
+					return -ENOMEM;
+				}
+				if (b->fresh) {
+					memset(b->bitmap, s->type == VHD_TYPE_DYNAMIC ? 0xff : 0,
+					       s->bitmap_bytes);
+				} else {
+					const uint8_t *cur = s->bitmaps[b->block];
+
+					for (i = 0; i < s->bitmap_bytes; i++) {
+						b->bitmap[i] =
+							__atomic_load_n(&cur[i], __ATOMIC_RELAXED);
+					}
+				}
+			}
+		}
+		if (b->bitmap && s->type == VHD_TYPE_DIFF) {
+			set_bits(b->bitmap, j->sec, j->nsec);
+		}
+	}
+	return 0;
+}
+
 static void round_start(struct vd_image *img, struct vhd_queue *q)
 {
 	struct vhd_state *s = vhd_st(img);
 	struct vhd_round *rd;
 	struct vhd_job *j;
-	uint32_t n = 0, i;
+	uint32_t n = 0;
 
 	if (!s->jobs_head) {
 		return;
@@ -251,58 +325,11 @@ static void round_start(struct vd_image *img, struct vhd_queue *q)
 		round_kick(rd);
 		return;
 	}
-	/* group by block; place fresh blocks at the end of data */
-	for (j = rd->jobs; j; j = j->next) {
-		struct rblk *b = find_blk(rd, j->block);
-
-		if (!b) {
-			b = &rd->blks[rd->nblks++];
-			b->block = j->block;
-			b->sector = vhd_bat_get(s, j->block);
-			if (b->sector == VHD_BAT_UNUSED) {
-				/*
-				 * The sector bitmap sits just before a page boundary so
-				 * that the block's data is page-aligned: O_DIRECT on
-				 * 4 KiB-sector disks needs it, and sub-block direct
-				 * writes serialise on ext4/xfs.
-				 */
-				uint64_t off = VD_ALIGN_UP(s->data_end + s->bitmap_bytes,
-							   (uint64_t)VD_PAGE_SIZE) -
-					       s->bitmap_bytes;
-
-				if (off / VHD_SECTOR >= VHD_BAT_UNUSED) {
-					rd->error = -ENOSPC;
-					continue;
-				}
-				b->fresh = true;
-				b->sector = (uint32_t)(off / VHD_SECTOR);
-				s->data_end = off + s->bitmap_bytes + s->block_size;
-			}
-			if (b->fresh || s->type == VHD_TYPE_DIFF) {
-				b->bitmap = aligned_alloc(
-					VD_PAGE_SIZE, VD_ALIGN_UP(s->bitmap_bytes, VD_PAGE_SIZE));
-				if (!b->bitmap) {
-					rd->error = -ENOMEM;
-					continue;
-				}
-				if (b->fresh) {
-					memset(b->bitmap, s->type == VHD_TYPE_DYNAMIC ? 0xff : 0,
-					       s->bitmap_bytes);
-				} else {
-					const uint8_t *cur = s->bitmaps[b->block];
-
-					for (i = 0; i < s->bitmap_bytes; i++) {
-						b->bitmap[i] =
-							__atomic_load_n(&cur[i], __ATOMIC_RELAXED);
-					}
-				}
-			}
-		}
-		if (b->bitmap && s->type == VHD_TYPE_DIFF) {
-			set_bits(b->bitmap, j->sec, j->nsec);
-		}
-	}
+	rd->data_end0 = s->data_end;
+	rd->error = group_jobs(rd);
 	if (rd->error) {
+		/* nothing was written: the placement is undone */
+		s->data_end = rd->data_end0;
 		fail_jobs_later(q, rd->jobs, rd->error);
 		rd->jobs = NULL;
 		rd->phase = 99;
@@ -313,7 +340,12 @@ static void round_start(struct vd_image *img, struct vhd_queue *q)
 	round_kick(rd);
 }
 
-static void write_bat_sectors(struct vhd_round *rd)
+/*
+ * The BAT sectors holding the round's new blocks: with their new entries,
+ * or (restore: rolling back) with the entries as they were, which the
+ * in-memory BAT still has (new entries are published only on success).
+ */
+static void write_bat_sectors(struct vhd_round *rd, bool restore)
 {
 	struct vhd_state *s = vhd_st(rd->q->img);
 	uint32_t i, k;
@@ -325,9 +357,11 @@ static void write_bat_sectors(struct vhd_round *rd)
 		if (!b->fresh) {
 			continue;
 		}
-		b->batsec = aligned_alloc(VD_PAGE_SIZE, VD_PAGE_SIZE);
 		if (!b->batsec) {
-			rd->error = -ENOMEM;
+			b->batsec = aligned_alloc(VD_PAGE_SIZE, VD_PAGE_SIZE);
+		}
+		if (!b->batsec) {
+			round_fail(rd, -ENOMEM);
 			return;
 		}
 		for (k = 0; k < 128; k++) {
@@ -336,7 +370,7 @@ static void write_bat_sectors(struct vhd_round *rd)
 					     : VHD_BAT_UNUSED;
 			struct rblk *o = find_blk(rd, first + k);
 
-			if (o && o->fresh) {
+			if (o && o->fresh && !restore) {
 				e = o->sector;
 			}
 			vhd_put_be32(b->batsec + 4 * (size_t)k, e);
@@ -392,11 +426,6 @@ static void write_tail(struct vhd_round *rd)
 	uint32_t i;
 	bool bm = false;
 
-	if (rd->wrote_fresh) {
-		vhd_footer_encode(&s->footer, rd->footer);
-		rsubmit(rd, &rd->footer_req, VD_IO_WRITE, s->data_end, 512, rd->footer, &rd->fiov);
-		s->file_bytes = VD_MAX(s->file_bytes, s->data_end + 512);
-	}
 	for (i = 0; i < rd->nblks; i++) {
 		if (rd->blks[i].became_full) {
 			bm = true;
@@ -422,6 +451,68 @@ static void write_tail(struct vhd_round *rd)
 		rsubmit(rd, &rd->bm_req, VD_IO_WRITE, s->batmap_off, len, s->batmap, &rd->bmiov);
 		rsubmit(rd, &rd->bm_hdr_req, VD_IO_WRITE, s->batmap_hdr_off, 512, rd->bm_hdr,
 			&rd->bmhiov);
+	}
+}
+
+/*
+ * A round that placed new blocks failed (a full filesystem, an I/O error):
+ * put the file back as it was before the round, so that the footer is at
+ * the end of the file and the next round allocates at the same place:
+ *   RB_BAT       the BAT sectors again with the old entries, if step 3 ran
+ *   RB_FLUSH     (then) flush them
+ *   RB_FOOTER    the footer at the old end (the first new bitmap or data
+ *                may have overwritten it)
+ *   RB_TRUNCATE  cut the file after that footer, giving back what the
+ *                round's writes took; restore data_end
+ * Each step runs only if the ones before succeeded. If any failed, the
+ * round's blocks stay placed (data_end is not moved back): nothing
+ * references them, they are a leak that `check --repair` truncates. The
+ * truncate is a synchronous call on the owner's thread, on this rare
+ * error path only (the io layer has no asynchronous resize).
+ */
+static void round_rollback(struct vhd_round *rd)
+{
+	struct vd_image *img = rd->q->img;
+	struct vhd_state *s = vhd_st(img);
+	int ret;
+
+	switch (rd->phase) {
+	case RB_BAT:
+		rd->phase = RB_FLUSH;
+		if (rd->bat_written) {
+			write_bat_sectors(rd, true);
+		}
+		break;
+	case RB_FLUSH:
+		rd->phase = RB_FOOTER;
+		if (rd->bat_written && rd->rb_error == 0) {
+			rsubmit(rd, &rd->flush, VD_IO_FLUSH, 0, 0, NULL, NULL);
+		}
+		break;
+	case RB_FOOTER:
+		rd->phase = RB_TRUNCATE;
+		if (rd->rb_error == 0) {
+			vhd_footer_encode(&s->footer, rd->footer);
+			rsubmit(rd, &rd->footer_req, VD_IO_WRITE, rd->data_end0, 512, rd->footer,
+				&rd->fiov);
+		}
+		break;
+	default:
+		rd->phase = 99;
+		ret = rd->rb_error == 0 ? vd_file_resize(s->file, rd->data_end0 + 512) : 0;
+		if (rd->rb_error == 0 && ret == 0) {
+			s->data_end = rd->data_end0;
+			s->file_bytes = rd->data_end0 + 512;
+			s->end_footer_ok = true;
+		} else {
+			vd_log_ratelimited(VD_LOG_ERR,
+					   "vhd: %s: cannot undo a failed allocation (%s): "
+					   "unreferenced blocks left at the end",
+					   img->path,
+					   strerror((int)-(rd->rb_error ? rd->rb_error : ret)));
+			s->end_footer_ok = false;
+		}
+		break;
 	}
 }
 
@@ -460,6 +551,18 @@ static void round_step(struct vhd_round *rd)
 					s->bitmap_bytes, b->bitmap, &b->biov);
 			}
 		}
+		if (rd->any_fresh) {
+			/*
+			 * The footer at the new end before any reference to the
+			 * new blocks: if the file cannot grow that far, the round
+			 * fails and is rolled back, and no step after the BAT can
+			 * leave the file without a footer at its end.
+			 */
+			vhd_footer_encode(&s->footer, rd->footer);
+			rsubmit(rd, &rd->footer_req, VD_IO_WRITE, s->data_end, 512, rd->footer,
+				&rd->fiov);
+			s->file_bytes = VD_MAX(s->file_bytes, s->data_end + 512);
+		}
 		for (j = rd->jobs; j; j = j->next) {
 			struct rblk *b = find_blk(rd, j->block);
 			struct vhd_sub *sub = j->sub;
@@ -490,7 +593,8 @@ static void round_step(struct vhd_round *rd)
 		if (rd->error) {
 			break;
 		}
-		write_bat_sectors(rd);
+		rd->bat_written = rd->any_fresh;
+		write_bat_sectors(rd, false);
 		for (i = 0; i < rd->nblks; i++) {
 			struct rblk *b = &rd->blks[i];
 
@@ -516,7 +620,15 @@ static void round_step(struct vhd_round *rd)
 		rd->jobs = NULL;
 		if (rd->error == 0) {
 			write_tail(rd);
+		} else if (rd->any_fresh) {
+			rd->phase = RB_BAT;
 		}
+		break;
+	case RB_BAT:
+	case RB_FLUSH:
+	case RB_FOOTER:
+	case RB_TRUNCATE:
+		round_rollback(rd);
 		break;
 	default: /* done */
 		s->round = NULL;

@@ -37,17 +37,23 @@
  *
  * Allocation on first write (owner, in rounds that batch every pending job):
  *   1. new blocks: WRITE_ZEROES over the data area, then the bitmap and the
- *      job's data written at the old end of data (over the old footer);
- *      already allocated differencing blocks: the job's data
+ *      job's data written at the old end of data (over the old footer),
+ *      and the footer at the new end; already allocated blocks with a
+ *      partial bitmap: the job's data
  *   2. FLUSH
- *   3. BAT sectors (new blocks) and bitmaps (differencing, old blocks)
+ *   3. BAT sectors (new blocks) and bitmaps (old blocks)
  *   4. in-memory BAT/bitmaps published, jobs answered
- *   5. footer at the new end, batmap sector(s) and batmap header
+ *   5. batmap sector(s) and batmap header
  * A crash before 3 leaves an unreferenced block at the end (a leak that
  * `check --repair` truncates) and the footer copy at offset 0 describes the
  * disk; after 3 the data is referenced and was durable before the
  * reference. A lost step 5 leaves a stale batmap bit 0 (harmless: it only
- * says "look at the bitmap") or a missing end footer (repair rewrites it).
+ * says "look at the bitmap").
+ * A round that fails (ENOSPC, EIO) before 4 is rolled back (vhd-alloc.c):
+ * the old BAT sectors again if 3 ran, the footer at the old end, the file
+ * truncated after it, data_end restored; so a full filesystem leaves a
+ * valid file of the same size, and the next round allocates at the same
+ * place once there is room.
  *
  * Discard (and WRITE_ZEROES): the range is made to read as zeroes and its
  * host space is punched (fallocate) where the block is allocated. Blocks

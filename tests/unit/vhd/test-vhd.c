@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "image/vhd/vhd.h"
+#include "io/fault.h"
 
 #define MiB (1u << 20)
 
@@ -510,6 +511,105 @@ static void test_check_repair_leak(void **state)
 	vd_image_close(img);
 }
 
+/* ---- a full filesystem ---- */
+
+static struct vd_image *open_fault_img(const char *path)
+{
+	struct vd_image_opts o = { .format = "vhd", .io_backend = "fault" };
+	struct vd_err err = { 0 };
+	struct vd_image *img = NULL;
+
+	assert_int_equal(vd_image_open(path, &o, &img, &err), 0);
+	return img;
+}
+
+static int64_t try_rw(struct vd_image *img, enum vd_io_op op, void *buf, uint64_t len, uint64_t off)
+{
+	struct vd_image_sync *s;
+	struct vd_err err = { 0 };
+	int64_t ret;
+
+	assert_int_equal(vd_image_sync_open(img, &s, &err), 0);
+	ret = vd_image_sync_io(s, op, buf, len, off);
+	vd_image_sync_close(s);
+	return ret;
+}
+
+/* The file is as before the failed allocation: footer at the end, BAT entry unused. */
+static void expect_rolled_back(const char *p, struct vhd_state *s, uint64_t end0, uint32_t blk)
+{
+	struct vhd_footer f;
+	uint8_t buf[512];
+	struct stat st;
+	int fd;
+
+	assert_int_equal(s->data_end, end0);
+	assert_int_equal(vhd_bat_get(s, blk), VHD_BAT_UNUSED);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, end0 + 512);
+	fd = open(p, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, buf, 512, st.st_size - 512), 512);
+	assert_int_equal(vhd_footer_decode(buf, &f), 0);
+	assert_int_equal(pread(fd, buf, 4, (off_t)(s->header.table_offset + 4ull * blk)), 4);
+	assert_int_equal(vhd_be32(buf), VHD_BAT_UNUSED);
+	close(fd);
+}
+
+static void test_enospc_rollback(void **state)
+{
+	char p[512];
+	struct vd_image *img;
+	struct vhd_state *s;
+	struct vd_file *f;
+	uint8_t *buf = xbuf(64 * 1024, 0x4e);
+	struct vd_check_result r;
+	struct vd_err err = { 0 };
+	uint64_t end0;
+	int i;
+
+	(void)state;
+	path_of(p, sizeof(p), "enospc.vhd");
+	create(p, 64ull * MiB, NULL, 0, NULL);
+	img = open_fault_img(p);
+	s = vhd_st(img);
+	f = vd_fault_lookup(p);
+	assert_non_null(f);
+	sync_rw(img, VD_IO_WRITE, buf, 4096, 0); /* block 0 allocated */
+	end0 = s->data_end;
+	/* room for the bitmap and part of the data only, many times over */
+	assert_int_equal(vd_fault_set_space(f, end0 + 4096 + MiB), 0);
+	for (i = 0; i < 20; i++) {
+		assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 64 * 1024, 6 * MiB + 8192), -ENOSPC);
+		expect_rolled_back(p, s, end0, 3);
+	}
+	/* no room even for the footer at the old end's next block */
+	assert_int_equal(vd_fault_set_space(f, end0 + 512), 0);
+	assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 4096, 6 * MiB), -ENOSPC);
+	expect_rolled_back(p, s, end0, 3);
+	/* the BAT write itself fails (bitmap, data, footer, then the BAT) */
+	assert_int_equal(vd_fault_set_space(f, 0), 0);
+	assert_int_equal(vd_fault_inject_eio(f, VD_FAULT_WRITE, 4), 0);
+	assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 4096, 6 * MiB), -EIO);
+	expect_rolled_back(p, s, end0, 3);
+	assert_int_equal(vd_image_check(img, false, &r, &err), 0);
+	assert_int_equal(r.corruptions + r.leaks, 0);
+	/* space is back: the write lands where the failed one would have */
+	assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 64 * 1024, 6 * MiB + 8192), 64 * 1024);
+	assert_int_equal(vhd_bat_get(s, 3) * 512ull, VD_ALIGN_UP(end0 + 512, 4096ull) - 512);
+	vd_image_close(img);
+	img = open_img(p, false);
+	assert_true(vhd_st(img)->end_footer_ok);
+	expect_bytes(img, 6 * MiB + 8192, 64 * 1024, 0x4e);
+	expect_bytes(img, 6 * MiB, 8192, 0);
+	expect_bytes(img, 0, 4096, 0x4e);
+	assert_int_equal(vd_image_check(img, false, &r, &err), 0);
+	assert_int_equal(r.corruptions + r.leaks, 0);
+	assert_int_equal(r.allocated_units, 2);
+	vd_image_close(img);
+	free(buf);
+}
+
 static void test_resize_limits(void **state)
 {
 	char p[512];
@@ -623,6 +723,7 @@ int main(void)
 		cmocka_unit_test(test_chain_depth3),
 		cmocka_unit_test(test_multiqueue_first_writes),
 		cmocka_unit_test(test_check_repair_leak),
+		cmocka_unit_test(test_enospc_rollback),
 		cmocka_unit_test(test_resize_limits),
 		cmocka_unit_test(test_hostile),
 	};
