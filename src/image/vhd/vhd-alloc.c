@@ -257,28 +257,24 @@ static int group_jobs(struct vhd_round *rd)
 				b->sector = (uint32_t)(off / VHD_SECTOR);
 				s->data_end = off + s->bitmap_bytes + s->block_size;
 			}
-			if (b->fresh || s->type == VHD_TYPE_DIFF) {
-				b->bitmap = aligned_alloc(
-					VD_PAGE_SIZE, VD_ALIGN_UP(s->bitmap_bytes, VD_PAGE_SIZE));
-				if (!b->bitmap) {
-					return -ENOMEM;
-				}
-				if (b->fresh) {
-					memset(b->bitmap, s->type == VHD_TYPE_DYNAMIC ? 0xff : 0,
-					       s->bitmap_bytes);
-				} else {
-					const uint8_t *cur = s->bitmaps[b->block];
+			b->bitmap = aligned_alloc(VD_PAGE_SIZE,
+						  VD_ALIGN_UP(s->bitmap_bytes, VD_PAGE_SIZE));
+			if (!b->bitmap) {
+				return -ENOMEM;
+			}
+			if (b->fresh) {
+				memset(b->bitmap, s->type == VHD_TYPE_DYNAMIC ? 0xff : 0,
+				       s->bitmap_bytes);
+			} else {
+				const uint8_t *cur = s->bitmaps[b->block];
 
-					for (i = 0; i < s->bitmap_bytes; i++) {
-						b->bitmap[i] =
-							__atomic_load_n(&cur[i], __ATOMIC_RELAXED);
-					}
+				for (i = 0; i < s->bitmap_bytes; i++) {
+					b->bitmap[i] = __atomic_load_n(&cur[i], __ATOMIC_RELAXED);
 				}
 			}
 		}
-		if (b->bitmap && s->type == VHD_TYPE_DIFF) {
-			set_bits(b->bitmap, j->sec, j->nsec);
-		}
+		/* a fresh dynamic block's bitmap is all ones already */
+		set_bits(b->bitmap, j->sec, j->nsec);
 	}
 	return 0;
 }
@@ -388,32 +384,28 @@ static void publish(struct vhd_round *rd)
 
 	for (i = 0; i < rd->nblks; i++) {
 		struct rblk *b = &rd->blks[i];
-		bool full = true;
+		bool full = all_bits(b->bitmap, s->sectors_per_block);
 
-		if (s->type == VHD_TYPE_DIFF) {
-			full = all_bits(b->bitmap, s->sectors_per_block);
-			if (b->fresh) {
-				/* the staging copy becomes the block's bitmap */
-				uint8_t *map = full ? s->full_bitmap : b->bitmap;
+		if (b->fresh) {
+			/* the staging copy becomes the block's bitmap */
+			uint8_t *map = full ? s->full_bitmap : b->bitmap;
 
-				if (!full) {
-					b->bitmap = NULL;
-				}
-				__atomic_store_n(&s->bitmaps[b->block], map, __ATOMIC_RELEASE);
-			} else if (s->bitmaps[b->block] != s->full_bitmap) {
-				uint8_t *cur = s->bitmaps[b->block];
+			if (!full) {
+				b->bitmap = NULL;
+			}
+			__atomic_store_n(&s->bitmaps[b->block], map, __ATOMIC_RELEASE);
+		} else if (s->bitmaps[b->block] != s->full_bitmap) {
+			uint8_t *cur = s->bitmaps[b->block];
 
-				for (k = 0; k < s->bitmap_bytes; k++) {
-					__atomic_fetch_or(&cur[k], b->bitmap[k], __ATOMIC_RELEASE);
-				}
+			for (k = 0; k < s->bitmap_bytes; k++) {
+				__atomic_fetch_or(&cur[k], b->bitmap[k], __ATOMIC_RELEASE);
 			}
 		}
 		if (b->fresh) {
 			__atomic_store_n(&s->bat[b->block], b->sector, __ATOMIC_RELEASE);
 			rd->wrote_fresh = true;
 		}
-		if (s->has_batmap && full && (b->fresh || s->type == VHD_TYPE_DIFF) &&
-		    !vhd_bit_test(s->batmap, b->block)) {
+		if (s->has_batmap && full && !vhd_bit_test(s->batmap, b->block)) {
 			b->became_full = true;
 			s->batmap[b->block >> 3] |= (uint8_t)(0x80 >> (b->block & 7));
 		}
@@ -598,7 +590,7 @@ static void round_step(struct vhd_round *rd)
 		for (i = 0; i < rd->nblks; i++) {
 			struct rblk *b = &rd->blks[i];
 
-			if (!b->fresh && s->type == VHD_TYPE_DIFF) {
+			if (!b->fresh) {
 				rsubmit(rd, &b->breq, VD_IO_WRITE, (uint64_t)b->sector * VHD_SECTOR,
 					s->bitmap_bytes, b->bitmap, &b->biov);
 			}

@@ -254,14 +254,18 @@ static void start_extent(struct vhd_req *req, struct vhd_sub *sub)
 		bool present = e != VHD_BAT_UNUSED;
 
 		n = VD_MIN(r, bs - in);
-		if (present && s->type == VHD_TYPE_DIFF) {
+		if (present) {
+			/* a partial bitmap (differencing, or another writer's dynamic block) */
 			const uint8_t *map = __atomic_load_n(&s->bitmaps[blk], __ATOMIC_ACQUIRE);
-			uint64_t sec = in / VHD_SECTOR, k, ns = n / VHD_SECTOR;
 
-			present = vhd_bit_test(map, sec);
-			for (k = 1; k < ns && vhd_bit_test(map, sec + k) == present; k++) {
+			if (map != s->full_bitmap) {
+				uint64_t sec = in / VHD_SECTOR, k, ns = n / VHD_SECTOR;
+
+				present = vhd_bit_test(map, sec);
+				for (k = 1; k < ns && vhd_bit_test(map, sec + k) == present; k++) {
+				}
+				n = k * VHD_SECTOR;
 			}
-			n = k * VHD_SECTOR;
 		}
 		sub->host_off = (uint64_t)e * VHD_SECTOR + s->bitmap_bytes + in;
 		if (!present) {

@@ -305,10 +305,45 @@ static uint64_t bat_problems(struct vhd_state *s, const uint32_t *bat, uint32_t 
 	return problems;
 }
 
+static bool bitmap_full(const struct vhd_state *s, const uint8_t *map)
+{
+	uint32_t i;
+
+	for (i = 0; i < s->sectors_per_block; i++) {
+		if (!vhd_bit_test(map, i)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Block blk's sector bitmap from the file (the shared full one if all ones). */
+static int load_bitmap(struct vhd_state *s, uint32_t blk)
+{
+	uint8_t *map = malloc(s->bitmap_bytes);
+
+	if (!map) {
+		return -ENOMEM;
+	}
+	if (rd(s, map, s->bitmap_bytes, (uint64_t)s->bat[blk] * VHD_SECTOR) !=
+	    (int64_t)s->bitmap_bytes) {
+		free(map);
+		return -EIO;
+	}
+	if (bitmap_full(s, map)) {
+		/* the common case (qemu writes all-ones bitmaps): the fast path */
+		free(map);
+		map = s->full_bitmap;
+	}
+	s->bitmaps[blk] = map;
+	return 0;
+}
+
 static int load_bitmaps(struct vd_image *img)
 {
 	struct vhd_state *s = vhd_st(img);
 	uint32_t i;
+	int ret;
 
 	s->bitmaps = calloc(s->nr_blocks ? s->nr_blocks : 1, sizeof(*s->bitmaps));
 	s->full_bitmap = malloc(s->bitmap_bytes);
@@ -326,13 +361,9 @@ static int load_bitmaps(struct vd_image *img)
 			s->bitmaps[i] = s->full_bitmap;
 			continue;
 		}
-		s->bitmaps[i] = malloc(s->bitmap_bytes);
-		if (!s->bitmaps[i]) {
-			return -ENOMEM;
-		}
-		if (rd(s, s->bitmaps[i], s->bitmap_bytes, (uint64_t)e * VHD_SECTOR) !=
-		    (int64_t)s->bitmap_bytes) {
-			return -EIO;
+		ret = load_bitmap(s, i);
+		if (ret < 0) {
+			return ret;
 		}
 	}
 	return 0;
@@ -463,11 +494,15 @@ static int open_dynamic(struct vd_image *img, uint8_t *buf, struct vd_err *err)
 		}
 	}
 	compute_data_end(s);
+	/*
+	 * Dynamic disks too: other writers (vhd-util, Hyper-V) leave the bits
+	 * of sectors they did not write clear, and those read as zeroes.
+	 */
+	ret = load_bitmaps(img);
+	if (ret < 0) {
+		return vd_err_set(err, -ret, "%s: reading the sector bitmaps", img->path);
+	}
 	if (s->type == VHD_TYPE_DIFF) {
-		ret = load_bitmaps(img);
-		if (ret < 0) {
-			return vd_err_set(err, -ret, "%s: reading the sector bitmaps", img->path);
-		}
 		ret = open_parent(img, err);
 		if (ret < 0) {
 			return ret;
@@ -659,7 +694,7 @@ static int vhd_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_
 		out->len_bytes = len;
 		return 0;
 	}
-	if (s->type == VHD_TYPE_DIFF) {
+	if (s->bitmaps[blk] != s->full_bitmap) {
 		const uint8_t *map = s->bitmaps[blk];
 		uint64_t sec = in / VHD_SECTOR, n = len / VHD_SECTOR, k;
 		bool set = vhd_bit_test(map, sec);
@@ -668,7 +703,9 @@ static int vhd_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_
 		}
 		len = k * VHD_SECTOR;
 		if (!set) {
-			out->flags = 0;
+			/* clear bits: the parent's data, or zeroes in a dynamic disk */
+			out->flags =
+				s->type == VHD_TYPE_DIFF ? 0 : VD_BLOCK_ZERO | VD_BLOCK_ALLOCATED;
 			out->len_bytes = len;
 			return 0;
 		}
@@ -724,18 +761,6 @@ static int write_batmap(struct vhd_state *s, uint8_t *buf)
 	vhd_put_be32(buf + 20, VHD_BATMAP_VERSION);
 	vhd_put_be32(buf + 24, batmap_sum(s));
 	return wr(s, buf, 512, s->batmap_hdr_off) == 512 ? 0 : -EIO;
-}
-
-static bool bitmap_full(const struct vhd_state *s, const uint8_t *map)
-{
-	uint32_t i;
-
-	for (i = 0; i < s->sectors_per_block; i++) {
-		if (!vhd_bit_test(map, i)) {
-			return false;
-		}
-	}
-	return true;
 }
 
 static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *res,
@@ -844,11 +869,8 @@ static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *
 			}
 			bit = vhd_bit_test(s->batmap, i);
 			if (i < s->nr_blocks && s->bat[i] != VHD_BAT_UNUSED) {
-				if (s->type == VHD_TYPE_DYNAMIC) {
-					full = true;
-				} else if (rd(s, map, s->bitmap_bytes,
-					      (uint64_t)s->bat[i] * VHD_SECTOR) ==
-					   (int64_t)s->bitmap_bytes) {
+				if (rd(s, map, s->bitmap_bytes, (uint64_t)s->bat[i] * VHD_SECTOR) ==
+				    (int64_t)s->bitmap_bytes) {
 					full = bitmap_full(s, map);
 				}
 			}
@@ -925,7 +947,9 @@ static int vhd_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *
 {
 	struct vhd_state *s = vhd_st(img);
 	struct vhd_footer old = s->footer;
+	uint8_t **nb;
 	uint8_t *buf;
+	uint32_t i;
 	int ret = 0;
 
 	if (size_bytes / VHD_SECTOR > VHD_MAX_SECTORS) {
@@ -969,28 +993,32 @@ static int vhd_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *
 		s->file_bytes = size_bytes + 512;
 		s->data_end = size_bytes;
 	} else {
+		uint32_t old_blocks = s->nr_blocks;
+		uint32_t new_blocks =
+			(uint32_t)VD_DIV_ROUND_UP(size_bytes, (uint64_t)s->block_size);
+
+		nb = realloc(s->bitmaps, sizeof(*nb) * new_blocks);
+		if (!nb) {
+			ret = vd_err_set(err, ENOMEM, "out of memory");
+			goto err_restore;
+		}
+		s->bitmaps = nb;
+		for (i = old_blocks; i < new_blocks; i++) {
+			/* reserved BAT entries are unused; a used one gets its bitmap */
+			nb[i] = NULL;
+			if (s->bat[i] != VHD_BAT_UNUSED && load_bitmap(s, i) < 0) {
+				ret = vd_err_set(err, EIO, "%s: reading the sector bitmaps",
+						 img->path);
+				goto err_restore;
+			}
+		}
 		if (write_footer_at(s, buf, 0) < 0 ||
 		    vd_file_rw_sync(s->file, VD_IO_FLUSH, NULL, 0, 0) < 0 ||
 		    write_footer_at(s, buf, s->data_end) < 0) {
 			ret = vd_err_set(err, EIO, "%s: writing the footer", img->path);
 			goto out;
 		}
-		s->nr_blocks = (uint32_t)VD_DIV_ROUND_UP(size_bytes, (uint64_t)s->block_size);
-		if (s->type == VHD_TYPE_DIFF) {
-			uint8_t **nb = realloc(s->bitmaps, sizeof(*nb) * s->nr_blocks);
-			uint32_t i;
-
-			if (!nb) {
-				ret = vd_err_set(err, ENOMEM, "out of memory");
-				goto out;
-			}
-			s->bitmaps = nb;
-			for (i = 0; i < s->nr_blocks; i++) {
-				if (i * (uint64_t)s->block_size >= s->size_bytes) {
-					nb[i] = NULL;
-				}
-			}
-		}
+		s->nr_blocks = new_blocks;
 	}
 	vd_file_rw_sync(s->file, VD_IO_FLUSH, NULL, 0, 0);
 	s->size_bytes = size_bytes;

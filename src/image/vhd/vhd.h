@@ -29,7 +29,7 @@
  * does (creator "tap\0" version 1.3, with a batmap), so qemu, tapdisk and
  * vdisk agree on current_size. Larger than 2040 GiB is refused (as qemu).
  *
- * Concurrency: the BAT, the per-block bitmaps of differencing disks and the
+ * Concurrency: the BAT, the per-block sector bitmaps and the
  * batmap have one owner, the ioctx of the first queue (vhd-io.c). Any
  * queue reads them with atomic loads; only the owner changes them, after
  * the on-disk update has completed. Other queues send metadata jobs to
@@ -54,6 +54,17 @@
  * truncated after it, data_end restored; so a full filesystem leaves a
  * valid file of the same size, and the next round allocates at the same
  * place once there is room.
+ *
+ * Sector bitmaps: honoured in dynamic disks as in differencing ones (a
+ * clear bit reads as zeroes, or as the parent's data). Other writers
+ * (vhd-util, Hyper-V) allocate a block with a zero bitmap and set bits as
+ * they write; qemu's vpc writes all-ones bitmaps and ignores them on read.
+ * vdisk gives a fresh dynamic block an all-ones bitmap over a zeroed data
+ * area (the same content, and no bitmap update on later writes), so its
+ * own blocks and qemu's, like batmap-full ones, share full_bitmap and take
+ * the fast path: straight to the file. Only blocks with clear bits cost a
+ * job for the owner on the first write to those sectors (the bits set
+ * before the write is acknowledged: steps 1-4 above).
  *
  * Discard (and WRITE_ZEROES): the range is made to read as zeroes and its
  * host space is punched (fallocate) where the block is allocated. Blocks
@@ -242,7 +253,7 @@ struct vhd_state {
 	uint32_t sectors_per_block;
 	uint32_t nr_blocks;   /* BAT entries in use: ceil(size / block) */
 	uint32_t *bat;        /* host order, max_table_entries; atomics */
-	uint8_t **bitmaps;    /* differencing: per block, NULL = not allocated */
+	uint8_t **bitmaps;    /* per block, NULL = not allocated; full_bitmap = all set */
 	uint8_t *full_bitmap; /* shared all-ones bitmap for full blocks */
 	bool has_batmap;
 	bool batmap_valid;

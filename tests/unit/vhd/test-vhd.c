@@ -511,6 +511,125 @@ static void test_check_repair_leak(void **state)
 	vd_image_close(img);
 }
 
+/* ---- sector bitmaps in dynamic disks (as other writers leave them) ---- */
+
+/*
+ * Clear the bits [first, first + n) of block blk's bitmap in the file and
+ * its batmap bit (with a true checksum): what vhd-util leaves after writing
+ * part of a block.
+ */
+static void clear_bits(const char *p, uint32_t blk, uint32_t first, uint32_t n)
+{
+	struct vd_image *img = open_img(p, true);
+	struct vhd_state *s = vhd_st(img);
+	uint64_t boff = (uint64_t)vhd_bat_get(s, blk) * 512;
+	uint64_t len = (uint64_t)s->batmap_sectors * 512, k;
+	uint8_t *map = malloc(s->bitmap_bytes), *bm = malloc(len), hdr[512];
+	uint64_t bm_off = s->batmap_off, hdr_off = s->batmap_hdr_off;
+	uint32_t i, sum = 0, bytes = s->bitmap_bytes;
+	int fd;
+
+	vd_image_close(img);
+	fd = open(p, O_RDWR);
+	assert_true(fd >= 0 && map && bm);
+	assert_int_equal(pread(fd, map, bytes, (off_t)boff), (ssize_t)bytes);
+	for (i = first; i < first + n; i++) {
+		map[i >> 3] &= (uint8_t) ~(0x80 >> (i & 7));
+	}
+	assert_int_equal(pwrite(fd, map, bytes, (off_t)boff), (ssize_t)bytes);
+	assert_int_equal(pread(fd, bm, len, (off_t)bm_off), (ssize_t)len);
+	bm[blk >> 3] &= (uint8_t) ~(0x80 >> (blk & 7));
+	for (k = 0; k < len; k++) {
+		sum += bm[k];
+	}
+	assert_int_equal(pwrite(fd, bm, len, (off_t)bm_off), (ssize_t)len);
+	assert_int_equal(pread(fd, hdr, 512, (off_t)hdr_off), 512);
+	vhd_put_be32(hdr + 24, ~sum);
+	assert_int_equal(pwrite(fd, hdr, 512, (off_t)hdr_off), 512);
+	close(fd);
+	free(map);
+	free(bm);
+}
+
+static bool file_bit(const char *p, struct vhd_state *s, uint32_t blk, uint32_t sec)
+{
+	uint8_t b;
+	int fd = open(p, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &b, 1, (off_t)((uint64_t)vhd_bat_get(s, blk) * 512 + sec / 8)),
+			 1);
+	close(fd);
+	return (b >> (7 - (sec & 7))) & 1;
+}
+
+static void test_dynamic_partial_bitmap(void **state)
+{
+	char p[512];
+	struct vd_image *img;
+	struct vhd_state *s;
+	uint8_t *ones = xbuf(2 * MiB, 0x11), *w = xbuf(64 * 1024, 0x22);
+	struct vd_block_status bs;
+	struct vd_check_result r;
+	struct vd_err err = { 0 };
+	uint64_t b1 = 2 * MiB;
+
+	(void)state;
+	path_of(p, sizeof(p), "partial.vhd");
+	create(p, 16ull * MiB, NULL, 0, NULL);
+	img = open_img(p, false);
+	sync_rw(img, VD_IO_WRITE, ones, 2 * MiB, b1); /* block 1, all ones */
+	vd_image_close(img);
+	/* another writer's block 1: sectors 8..15 and 256..4095 never written */
+	clear_bits(p, 1, 8, 8);
+	clear_bits(p, 1, 256, 4096 - 256);
+	img = open_img(p, false);
+	s = vhd_st(img);
+	expect_bytes(img, b1, 4096, 0x11);
+	expect_bytes(img, b1 + 4096, 4096, 0);
+	expect_bytes(img, b1 + 8192, 128 * 1024 - 8192, 0x11);
+	expect_bytes(img, b1 + 128 * 1024, 2 * MiB - 128 * 1024, 0);
+	/* block status: clear bits are zeroes this layer decides */
+	assert_int_equal(vd_image_block_status(img, b1, 2 * MiB, &bs), 0);
+	assert_int_equal(bs.len_bytes, 4096);
+	assert_int_equal(bs.flags, VD_BLOCK_DATA | VD_BLOCK_ALLOCATED);
+	assert_int_equal(vd_image_block_status(img, b1 + 4096, 2 * MiB - 4096, &bs), 0);
+	assert_int_equal(bs.len_bytes, 4096);
+	assert_int_equal(bs.flags, VD_BLOCK_ZERO | VD_BLOCK_ALLOCATED);
+	assert_int_equal(vd_image_check(img, false, &r, &err), 0);
+	assert_int_equal(r.corruptions + r.leaks, 0);
+	/* a write over set and clear sectors sets the clear ones' bits */
+	sync_rw(img, VD_IO_WRITE, w, 8192, b1 + 2048);
+	assert_true(file_bit(p, s, 1, 8));
+	assert_true(file_bit(p, s, 1, 15));
+	assert_false(file_bit(p, s, 1, 256));
+	expect_bytes(img, b1 + 2048, 8192, 0x22);
+	/* a discard of clear sectors leaves them clear and zero */
+	sync_rw(img, VD_IO_DISCARD, NULL, 4096, b1 + 512 * 1024);
+	assert_false(file_bit(p, s, 1, 1024));
+	vd_image_close(img);
+	img = open_img(p, false);
+	s = vhd_st(img);
+	expect_bytes(img, b1, 2048, 0x11);
+	expect_bytes(img, b1 + 2048, 8192, 0x22);
+	expect_bytes(img, b1 + 10240, 128 * 1024 - 10240, 0x11);
+	expect_bytes(img, b1 + 128 * 1024, 2 * MiB - 128 * 1024, 0);
+	assert_false(vhd_bit_test(s->batmap, 1));
+	/* filling the rest makes the block full: the batmap says so again */
+	sync_rw(img, VD_IO_WRITE, ones, 2 * MiB - 128 * 1024, b1 + 128 * 1024);
+	assert_true(vhd_bit_test(s->batmap, 1));
+	assert_true(file_bit(p, s, 1, 4095));
+	assert_int_equal(vd_image_check(img, false, &r, &err), 0);
+	assert_int_equal(r.corruptions + r.leaks, 0);
+	vd_image_close(img);
+	img = open_img(p, true);
+	assert_ptr_equal(vhd_st(img)->bitmaps[1], vhd_st(img)->full_bitmap);
+	expect_bytes(img, b1 + 128 * 1024, 2 * MiB - 128 * 1024, 0x11);
+	vd_image_close(img);
+	free(ones);
+	free(w);
+}
+
 /* ---- a full filesystem ---- */
 
 static struct vd_image *open_fault_img(const char *path)
@@ -723,6 +842,7 @@ int main(void)
 		cmocka_unit_test(test_chain_depth3),
 		cmocka_unit_test(test_multiqueue_first_writes),
 		cmocka_unit_test(test_check_repair_leak),
+		cmocka_unit_test(test_dynamic_partial_bitmap),
 		cmocka_unit_test(test_enospc_rollback),
 		cmocka_unit_test(test_resize_limits),
 		cmocka_unit_test(test_hostile),
