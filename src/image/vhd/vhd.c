@@ -40,6 +40,30 @@ static int vhd_probe(const void *hdr, size_t len)
 	return 0;
 }
 
+/*
+ * A fixed disk has its only footer at the end: 512 bytes, or 511 in files
+ * from old Virtual PC versions (the reserved last byte left out). 100 for
+ * a footer with a true checksum, 1 for the cookie alone (as raw scores: a
+ * guess of raw then keeps `resize` from cutting what may be a footer).
+ */
+static int vhd_probe_tail(const void *tail, size_t len)
+{
+	const uint8_t *end = (const uint8_t *)tail + len;
+	struct vhd_footer f;
+	uint8_t buf[512];
+	size_t n;
+
+	for (n = 512; n >= 511; n--) {
+		if (len < n || memcmp(end - n, VHD_COOKIE_FOOTER, 8) != 0) {
+			continue;
+		}
+		memset(buf, 0, sizeof(buf));
+		memcpy(buf, end - n, n);
+		return vhd_footer_decode(buf, &f) == 0 ? 100 : 1;
+	}
+	return 0;
+}
+
 static bool is_dynamic(const struct vhd_state *s)
 {
 	return s->type == VHD_TYPE_DYNAMIC || s->type == VHD_TYPE_DIFF;
@@ -175,6 +199,16 @@ static int read_footer(struct vd_image *img, uint8_t *buf, struct vd_err *err)
 		return vd_err_set(err, EIO, "%s: cannot read the footer", img->path);
 	}
 	ret_end = vhd_footer_decode(buf, &end);
+	s->footer_bytes = 512;
+	if (ret_end == -EINVAL && s->file_bytes % VHD_SECTOR == 511) {
+		/* a 511-byte footer (old Virtual PC fixed disks) */
+		memset(buf, 0, 512);
+		if (rd(s, buf, 511, s->file_bytes - 511) != 511) {
+			return vd_err_set(err, EIO, "%s: cannot read the footer", img->path);
+		}
+		ret_end = vhd_footer_decode(buf, &end);
+		s->footer_bytes = 511;
+	}
 	if (rd(s, buf, 512, 0) != 512) {
 		return vd_err_set(err, EIO, "%s: cannot read the footer copy", img->path);
 	}
@@ -590,13 +624,13 @@ static int vhd_open(struct vd_image *img, const struct vd_image_opts *o, struct 
 		goto err_buf;
 	}
 	if (s->type == VHD_TYPE_FIXED) {
-		if (s->size_bytes > s->file_bytes - 512) {
+		if (s->size_bytes > s->file_bytes - s->footer_bytes) {
 			ret = vd_err_set(err, EINVAL,
 					 "%s: fixed VHD of %" PRIu64 " bytes in a file of %" PRIu64,
 					 img->path, s->size_bytes, s->file_bytes);
 			goto err_buf;
 		}
-		s->data_end = s->file_bytes - 512;
+		s->data_end = s->file_bytes - s->footer_bytes;
 	} else {
 		ret = open_dynamic(img, buf, err);
 		if (ret < 0) {
@@ -986,12 +1020,20 @@ static int vhd_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *
 			goto err_restore;
 		}
 		memset(buf, 0, 512);
-		if (size_bytes != old.current_size && wr(s, buf, 512, s->file_bytes - 512) != 512) {
+		if (size_bytes != s->data_end && wr(s, buf, 512, s->data_end) != 512) {
 			ret = vd_err_set(err, EIO, "%s: clearing the old footer", img->path);
+			goto out;
+		}
+		if (s->file_bytes > size_bytes + 512 &&
+		    vd_file_resize(s->file, size_bytes + 512) < 0) {
+			/* a size below the old data area (CHS rounding): the footer ends the file */
+			ret = vd_err_set(err, EIO, "%s: truncating after the new footer",
+					 img->path);
 			goto out;
 		}
 		s->file_bytes = size_bytes + 512;
 		s->data_end = size_bytes;
+		s->footer_bytes = 512;
 	} else {
 		uint32_t old_blocks = s->nr_blocks;
 		uint32_t new_blocks =
@@ -1042,6 +1084,7 @@ const struct vd_image_driver vd_vhd_driver = {
 	.image_state_size = sizeof(struct vhd_state),
 	.io_ctx_size = VHD_IO_CTX_SIZE,
 	.probe = vhd_probe,
+	.probe_tail = vhd_probe_tail,
 	.open = vhd_open,
 	.close = vhd_close,
 	.queue_init = vhd_queue_init,

@@ -260,12 +260,13 @@ struct vhd_state {
 	uint64_t batmap_hdr_off;
 	uint64_t batmap_off;
 	uint32_t batmap_sectors;
-	uint8_t *batmap;     /* batmap_sectors * 512 */
-	uint64_t meta_end;   /* first byte after headers, BAT, batmap, locators */
-	uint64_t data_end;   /* end of the last block (owner) */
-	uint64_t file_bytes; /* file length as last known (owner) */
-	bool end_footer_ok;  /* the footer at the end of the file is valid */
-	char *parent_path;   /* resolved path of the parent (differencing) */
+	uint8_t *batmap;       /* batmap_sectors * 512 */
+	uint64_t meta_end;     /* first byte after headers, BAT, batmap, locators */
+	uint64_t data_end;     /* end of the last block (owner) */
+	uint64_t file_bytes;   /* file length as last known (owner) */
+	uint32_t footer_bytes; /* of the end footer: 512, or 511 (old fixed disks) */
+	bool end_footer_ok;    /* the footer at the end of the file is valid */
+	char *parent_path;     /* resolved path of the parent (differencing) */
 	/* metadata owner (vhd-io.c) */
 	struct vhd_queue *owner;               /* atomic */
 	struct vhd_job *jobs_head, *jobs_tail; /* owner only: waiting for a round */

@@ -511,6 +511,71 @@ static void test_check_repair_leak(void **state)
 	vd_image_close(img);
 }
 
+/* ---- probing a fixed disk (footer at the end only) ---- */
+
+static struct vd_image *open_probed(const char *path, struct vd_err *err)
+{
+	struct vd_image_opts o = { .io_backend = "uring", .cache = VD_CACHE_WRITEBACK };
+	struct vd_image *img = NULL;
+
+	assert_int_equal(vd_image_open(path, &o, &img, err), 0);
+	return img;
+}
+
+static void test_fixed_probe(void **state)
+{
+	char p[512];
+	struct vd_image *img;
+	uint8_t *buf = xbuf(4096, 0x6f), b;
+	struct vd_err err = { 0 };
+	struct stat st;
+	int fd;
+
+	(void)state;
+	path_of(p, sizeof(p), "probe-fixed.vhd");
+	create(p, 8ull * MiB, "fixed", 0, NULL);
+	img = open_probed(p, &err);
+	assert_string_equal(img->driver->name, "vhd");
+	assert_int_equal(img->info.size_bytes, 8ull * MiB);
+	sync_rw(img, VD_IO_WRITE, buf, 4096, 8 * MiB - 4096);
+	/* resize without a format: as a VHD (the footer moves to the new end) */
+	assert_int_equal(vd_image_resize(img, 9ull * MiB, &err), 0);
+	vd_image_close(img);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, 9ull * MiB + 512);
+	img = open_probed(p, &err);
+	assert_string_equal(img->driver->name, "vhd");
+	assert_int_equal(img->info.size_bytes, 9ull * MiB);
+	expect_bytes(img, 8 * MiB - 4096, 4096, 0x6f);
+	expect_bytes(img, 8 * MiB, MiB, 0);
+	vd_image_close(img);
+
+	/* a 511-byte footer (old Virtual PC): the reserved last byte left out */
+	assert_int_equal(truncate(p, (off_t)(9ull * MiB + 511)), 0);
+	img = open_probed(p, &err);
+	assert_string_equal(img->driver->name, "vhd");
+	assert_int_equal(img->info.size_bytes, 9ull * MiB);
+	expect_bytes(img, 8 * MiB - 4096, 4096, 0x6f);
+	vd_image_close(img);
+	assert_int_equal(truncate(p, (off_t)(9ull * MiB + 512)), 0);
+
+	/* a damaged footer: guessed raw, and resize refuses to cut it */
+	fd = open(p, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &b, 1, (off_t)(9ull * MiB + 24)), 1);
+	b ^= 0x5a;
+	assert_int_equal(pwrite(fd, &b, 1, (off_t)(9ull * MiB + 24)), 1);
+	close(fd);
+	img = open_probed(p, &err);
+	assert_string_equal(img->driver->name, "raw");
+	assert_int_equal(vd_image_resize(img, 16ull * MiB, &err), -EINVAL);
+	assert_non_null(strstr(vd_err_msg(&err), "-f vhd"));
+	vd_image_close(img);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, 9ull * MiB + 512);
+	free(buf);
+}
+
 /* ---- sector bitmaps in dynamic disks (as other writers leave them) ---- */
 
 /*
@@ -842,6 +907,7 @@ int main(void)
 		cmocka_unit_test(test_chain_depth3),
 		cmocka_unit_test(test_multiqueue_first_writes),
 		cmocka_unit_test(test_check_repair_leak),
+		cmocka_unit_test(test_fixed_probe),
 		cmocka_unit_test(test_dynamic_partial_bitmap),
 		cmocka_unit_test(test_enospc_rollback),
 		cmocka_unit_test(test_resize_limits),
