@@ -695,6 +695,51 @@ static void test_dynamic_partial_bitmap(void **state)
 	free(w);
 }
 
+static void test_bat_reserve(void **state)
+{
+	char p[512];
+	struct vd_image *img;
+	struct vd_image_create_opts o = { .size_bytes = 8ull * MiB, .max_size_bytes = 64ull * MiB };
+	uint8_t *buf = xbuf(MiB, 0x3d);
+	struct vd_check_result r;
+	struct vd_err err = { 0 };
+	uint64_t end;
+
+	(void)state;
+	path_of(p, sizeof(p), "reserve.vhd");
+	assert_int_equal(vd_image_create_opts(p, "vhd", &o, &err), 0);
+	img = open_img(p, false);
+	assert_int_equal(img->info.size_bytes, 8ull * MiB);
+	assert_int_equal(vhd_st(img)->header.max_table_entries, 32);
+	assert_int_equal(vhd_st(img)->nr_blocks, 4);
+	sync_rw(img, VD_IO_WRITE, buf, MiB, 7 * MiB);
+	end = vhd_st(img)->data_end;
+	/* grows within the reserve: no data moves, the new range is writable */
+	assert_int_equal(vd_image_resize(img, 64ull * MiB, &err), 0);
+	assert_int_equal(vhd_st(img)->nr_blocks, 32);
+	assert_int_equal(vhd_st(img)->data_end, end);
+	sync_rw(img, VD_IO_WRITE, buf, MiB, 63 * MiB);
+	assert_int_equal(vd_image_resize(img, 64ull * MiB + 2 * MiB, &err), -ENOSPC);
+	assert_int_equal(vd_image_check(img, false, &r, &err), 0);
+	assert_int_equal(r.corruptions + r.leaks, 0);
+	vd_image_close(img);
+	img = open_img(p, true);
+	assert_int_equal(img->info.size_bytes, 64ull * MiB);
+	expect_bytes(img, 7 * MiB, MiB, 0x3d);
+	expect_bytes(img, 8 * MiB, 55 * MiB, 0);
+	expect_bytes(img, 63 * MiB, MiB, 0x3d);
+	vd_image_close(img);
+	/* a reserve below the size, or on a fixed disk, is refused */
+	o.max_size_bytes = 4ull * MiB;
+	err.errnum = 0;
+	assert_int_equal(vd_image_create_opts(p, "vhd", &o, &err), -EINVAL);
+	o.max_size_bytes = 64ull * MiB;
+	o.subformat = "fixed";
+	err.errnum = 0;
+	assert_int_equal(vd_image_create_opts(p, "vhd", &o, &err), -EINVAL);
+	free(buf);
+}
+
 /* ---- a full filesystem ---- */
 
 static struct vd_image *open_fault_img(const char *path)
@@ -909,6 +954,7 @@ int main(void)
 		cmocka_unit_test(test_check_repair_leak),
 		cmocka_unit_test(test_fixed_probe),
 		cmocka_unit_test(test_dynamic_partial_bitmap),
+		cmocka_unit_test(test_bat_reserve),
 		cmocka_unit_test(test_enospc_rollback),
 		cmocka_unit_test(test_resize_limits),
 		cmocka_unit_test(test_hostile),
