@@ -508,6 +508,52 @@ static void round_rollback(struct vhd_round *rd)
 	}
 }
 
+/* Step 1: the bitmaps of new blocks, the footer at the new end, the jobs' data. */
+static void write_blocks(struct vhd_round *rd)
+{
+	struct vhd_state *s = vhd_st(rd->q->img);
+	struct vhd_job *j;
+	uint32_t i;
+
+	for (i = 0; i < rd->nblks; i++) {
+		struct rblk *b = &rd->blks[i];
+
+		if (b->fresh) {
+			rsubmit(rd, &b->breq, VD_IO_WRITE, (uint64_t)b->sector * VHD_SECTOR,
+				s->bitmap_bytes, b->bitmap, &b->biov);
+		}
+	}
+	if (rd->any_fresh) {
+		/*
+		 * The footer at the new end before any reference to the
+		 * new blocks: if the file cannot grow that far, the round
+		 * fails and is rolled back, and no step after the BAT can
+		 * leave the file without a footer at its end.
+		 */
+		vhd_footer_encode(&s->footer, rd->footer);
+		rsubmit(rd, &rd->footer_req, VD_IO_WRITE, s->data_end, 512, rd->footer, &rd->fiov);
+		s->file_bytes = VD_MAX(s->file_bytes, s->data_end + 512);
+	}
+	for (j = rd->jobs; j; j = j->next) {
+		struct rblk *b = find_blk(rd, j->block);
+		struct vhd_sub *sub = j->sub;
+		uint64_t off = (uint64_t)b->sector * VHD_SECTOR + s->bitmap_bytes +
+			       (uint64_t)j->sec * VHD_SECTOR;
+		uint64_t len = (uint64_t)j->nsec * VHD_SECTOR;
+
+		if (j->zero) {
+			vhd_freq_init(&sub->freq, VD_IO_WRITE_ZEROES, off, len, NULL, 0, job_io_cb,
+				      sub);
+		} else {
+			vhd_freq_init(&sub->freq, VD_IO_WRITE, off, len, sub->iov, sub->iovcnt,
+				      job_io_cb, sub);
+		}
+		rd->pending++;
+		vd_file_submit(s->file, rd->q->ioctx, &sub->freq);
+		s->file_bytes = VD_MAX(s->file_bytes, off + len);
+	}
+}
+
 static void round_step(struct vhd_round *rd)
 {
 	struct vd_image *img = rd->q->img;
@@ -530,49 +576,12 @@ static void round_step(struct vhd_round *rd)
 			}
 		}
 		break;
-	case 1: /* bitmaps of fresh blocks, the jobs' data */
+	case 1: /* bitmaps of fresh blocks, the footer at the new end, the jobs' data */
 		rd->phase = 2;
 		if (rd->error) {
 			break;
 		}
-		for (i = 0; i < rd->nblks; i++) {
-			struct rblk *b = &rd->blks[i];
-
-			if (b->fresh) {
-				rsubmit(rd, &b->breq, VD_IO_WRITE, (uint64_t)b->sector * VHD_SECTOR,
-					s->bitmap_bytes, b->bitmap, &b->biov);
-			}
-		}
-		if (rd->any_fresh) {
-			/*
-			 * The footer at the new end before any reference to the
-			 * new blocks: if the file cannot grow that far, the round
-			 * fails and is rolled back, and no step after the BAT can
-			 * leave the file without a footer at its end.
-			 */
-			vhd_footer_encode(&s->footer, rd->footer);
-			rsubmit(rd, &rd->footer_req, VD_IO_WRITE, s->data_end, 512, rd->footer,
-				&rd->fiov);
-			s->file_bytes = VD_MAX(s->file_bytes, s->data_end + 512);
-		}
-		for (j = rd->jobs; j; j = j->next) {
-			struct rblk *b = find_blk(rd, j->block);
-			struct vhd_sub *sub = j->sub;
-			uint64_t off = (uint64_t)b->sector * VHD_SECTOR + s->bitmap_bytes +
-				       (uint64_t)j->sec * VHD_SECTOR;
-			uint64_t len = (uint64_t)j->nsec * VHD_SECTOR;
-
-			if (j->zero) {
-				vhd_freq_init(&sub->freq, VD_IO_WRITE_ZEROES, off, len, NULL, 0,
-					      job_io_cb, sub);
-			} else {
-				vhd_freq_init(&sub->freq, VD_IO_WRITE, off, len, sub->iov,
-					      sub->iovcnt, job_io_cb, sub);
-			}
-			rd->pending++;
-			vd_file_submit(s->file, rd->q->ioctx, &sub->freq);
-			s->file_bytes = VD_MAX(s->file_bytes, off + len);
-		}
+		write_blocks(rd);
 		break;
 	case 2: /* data before references */
 		rd->phase = 3;
@@ -580,7 +589,7 @@ static void round_step(struct vhd_round *rd)
 			rsubmit(rd, &rd->flush, VD_IO_FLUSH, 0, 0, NULL, NULL);
 		}
 		break;
-	case 3: /* BAT entries of fresh blocks, bitmaps of old differencing blocks */
+	case 3: /* BAT entries of fresh blocks, bitmaps of old blocks */
 		rd->phase = 4;
 		if (rd->error) {
 			break;

@@ -5,8 +5,8 @@
  * Files, one concern each (QEMU qcow2.h style):
  *   vhd-format.c  on-disk structures: checksums, geometry, footer/header
  *                 encode/decode, parent locators, create
- *   vhd.c         open/close, chain walking, info, block status, check,
- *                 resize, the driver vtable
+ *   vhd.c         open/close, chain walking, check, the driver vtable
+ *   vhd-ops.c     info, block status, resize
  *   vhd-io.c      the datapath: split at block boundaries, reads through
  *                 the chain, jobs sent to the metadata owner
  *   vhd-alloc.c   the owner's allocation rounds (vhd-io-int.h is what
@@ -275,6 +275,11 @@ struct vhd_state {
 	void *zero_sector; /* 4 KiB of zeroes, aligned */
 };
 
+static inline bool vhd_is_dynamic(const struct vhd_state *s)
+{
+	return s->type == VHD_TYPE_DYNAMIC || s->type == VHD_TYPE_DIFF;
+}
+
 static inline struct vhd_state *vhd_st(struct vd_image *img)
 {
 	return (struct vhd_state *)img->state;
@@ -284,6 +289,18 @@ static inline uint32_t vhd_bat_get(const struct vhd_state *s, uint32_t blk)
 {
 	return __atomic_load_n(&s->bat[blk], __ATOMIC_ACQUIRE);
 }
+
+/* ---- vhd.c ---- */
+/* Encode s->footer into buf (512, aligned) and write it at off. 0 or -EIO. */
+int vhd_write_footer_at(struct vhd_state *s, uint8_t *buf, uint64_t off);
+/* Block blk's sector bitmap from the file into s->bitmaps[blk] (full_bitmap if all ones). */
+int vhd_load_bitmap(struct vhd_state *s, uint32_t blk);
+
+/* ---- vhd-ops.c (control thread) ---- */
+int vhd_get_info(struct vd_image *img, struct vd_image_info *info);
+int vhd_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
+		     struct vd_block_status *out);
+int vhd_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err);
 
 /* ---- vhd-io.c ---- */
 #define VHD_IO_CTX_SIZE 2048u /* >= sizeof(struct vhd_req), asserted in vhd-io.c */
