@@ -419,6 +419,7 @@ static int parent_info(const char *child, const struct vd_image_create_opts *o, 
 	struct stat st;
 	int ret;
 
+	parent_abs[0] = parent_rel[0] = '\0'; /* defined on every error path */
 	if (snprintf(dirbuf, sizeof(dirbuf), "%s", child) >= (int)sizeof(dirbuf)) {
 		return vd_err_set(err, ENAMETOOLONG, "path too long");
 	}
