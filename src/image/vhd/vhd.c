@@ -42,8 +42,12 @@ static int vhd_probe(const void *hdr, size_t len)
 /*
  * A fixed disk has its only footer at the end: 512 bytes, or 511 in files
  * from old Virtual PC versions (the reserved last byte left out). 100 for
- * a footer with a true checksum, 1 for the cookie alone (as raw scores: a
- * guess of raw then keeps `resize` from cutting what may be a footer).
+ * a fixed-disk footer with a true checksum; 1 for anything else with the
+ * cookie (as raw scores: a guess of raw then keeps `resize` from cutting
+ * what may be a footer). A dynamic or differencing disk always has its
+ * footer copy at offset 0: one found only at the end is not trusted, or a
+ * guest writing the last sector of a raw disk could make the host follow
+ * parent locators of its choosing (the format-probing attack).
  */
 static int vhd_probe_tail(const void *tail, size_t len)
 {
@@ -58,7 +62,7 @@ static int vhd_probe_tail(const void *tail, size_t len)
 		}
 		memset(buf, 0, sizeof(buf));
 		memcpy(buf, end - n, n);
-		return vhd_footer_decode(buf, &f) == 0 ? 100 : 1;
+		return vhd_footer_decode(buf, &f) == 0 && f.type == VHD_TYPE_FIXED ? 100 : 1;
 	}
 	return 0;
 }

@@ -37,9 +37,10 @@ static void test_fixed_probe(void **state)
 {
 	char p[512];
 	struct vd_image *img;
-	uint8_t *buf = xbuf(4096, 0x6f), b;
+	uint8_t *buf = xbuf(4096, 0x6f), b, foot[512];
 	struct vd_err err = { 0 };
 	struct stat st;
+	char q[512];
 	int fd;
 
 	(void)state;
@@ -84,6 +85,24 @@ static void test_fixed_probe(void **state)
 	vd_image_close(img);
 	assert_int_equal(stat(p, &st), 0);
 	assert_int_equal((uint64_t)st.st_size, 9ull * MiB + 512);
+
+	/*
+	 * A raw disk whose guest wrote a dynamic disk's footer in its last
+	 * sector stays raw: only a fixed disk is found by its end.
+	 */
+	path_of(q, sizeof(q), "probe-dyn.vhd");
+	create(q, 8ull * MiB, NULL, 0, NULL);
+	fd = open(q, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, foot, 512, 0), 512);
+	close(fd);
+	fd = open(p, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, foot, 512, (off_t)(9ull * MiB)), 512);
+	close(fd);
+	img = open_probed(p, &err);
+	assert_string_equal(img->driver->name, "raw");
+	vd_image_close(img);
 	free(buf);
 }
 
