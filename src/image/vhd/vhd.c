@@ -40,14 +40,11 @@ static int vhd_probe(const void *hdr, size_t len)
 }
 
 /*
- * A fixed disk has its only footer at the end: 512 bytes, or 511 in files
- * from old Virtual PC versions (the reserved last byte left out). 100 for
- * a fixed-disk footer with a true checksum; 1 for anything else with the
- * cookie (as raw scores: a guess of raw then keeps `resize` from cutting
- * what may be a footer). A dynamic or differencing disk always has its
- * footer copy at offset 0: one found only at the end is not trusted, or a
- * guest writing the last sector of a raw disk could make the host follow
- * parent locators of its choosing (the format-probing attack).
+ * A fixed disk's only footer is at the end: 512 bytes, or 511 (old Virtual
+ * PC). 100 for a fixed-disk footer with a true checksum, else 1 for the
+ * cookie (raw wins the tie; resize then refuses to cut it). Dynamic and
+ * differencing disks have a copy at 0: trusting one only at the end would
+ * let a guest writing a raw disk's last sector choose parents we open.
  */
 static int vhd_probe_tail(const void *tail, size_t len)
 {
