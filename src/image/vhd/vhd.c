@@ -1,7 +1,6 @@
 /*
- * vhd: open (footer, header, BAT, batmap, bitmaps, parent), check/repair
- * and the driver vtable. Everything here runs on the control thread, with
- * the image not being served (check) or before any queue exists (open).
+ * vhd: open (footer, header, BAT, batmap, bitmaps, parent), check/repair,
+ * the vtable. Control thread: before any queue exists, or not served.
  */
 #define _GNU_SOURCE
 #include <errno.h>
