@@ -239,6 +239,11 @@ int vd_imgtool_parse_create_opts(char *s, struct vd_image_create_opts *o, struct
 			o->cluster_bytes = (uint32_t)n;
 		} else if (!strcmp(item, "subformat")) {
 			o->subformat = val;
+		} else if (!strcmp(item, "max_size")) {
+			if (vd_ctl_parse_size(val, &n) < 0 || n == 0) {
+				return vd_err_set(err, EINVAL, "invalid max_size '%s'", val);
+			}
+			o->max_size_bytes = n;
 		} else if (!strcmp(item, "compat")) {
 			if (!strcmp(val, "0.10") || !strcmp(val, "v2") || !strcmp(val, "2")) {
 				o->compat = 2;

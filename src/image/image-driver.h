@@ -14,6 +14,7 @@ struct vd_image {
 	bool readonly;
 	bool corrupt;              /* set once metadata is found bad: writes fail */
 	bool force_share;          /* lock as a reader sharing everything (qemu -U) */
+	bool format_probed;        /* the format was guessed (no -f) */
 	struct vd_image *backing;  /* opened (and closed) by the driver, or NULL */
 	char *backing_root;        /* the top image's resolved directory (opts.backing.root_dir) */
 	struct vd_image_info info; /* from get_info at open; the core's submit checks use it */
@@ -33,6 +34,13 @@ struct vd_image_driver {
 	size_t io_ctx_size;      /* per-request scratch at io->driver_ctx */
 	/* Score 0..100 for the first len bytes of the file (raw = 1). */
 	int (*probe)(const void *hdr, size_t len);
+	/*
+	 * Optional, for formats found by a trailer (fixed VHD): score 0..100
+	 * for the last len bytes of the file (the file ends at tail + len).
+	 * Any score > 0 means "this file ends like one of mine": the core
+	 * refuses to resize such a file whose format was guessed as raw.
+	 */
+	int (*probe_tail)(const void *tail, size_t len);
 	/* Control thread. Opens backing files through vd_file_open(). */
 	int (*open)(struct vd_image *img, const struct vd_image_opts *o, struct vd_err *err);
 	void (*close)(struct vd_image *img);

@@ -14,7 +14,8 @@
 #include "image/image-driver.h"
 #include "io/lock.h"
 
-#define PROBE_BYTES 4096
+#define PROBE_BYTES      4096
+#define PROBE_TAIL_BYTES 1024
 
 static const struct vd_image_driver *const drivers[] = {
 	&vd_raw_driver,
@@ -75,6 +76,33 @@ int vd_image_open_file(struct vd_image *img, const char *path, struct vd_file **
 	return vd_image_open_file_opts(img, path, &fo, out, err);
 }
 
+/* The driver whose probe_tail scores the end of f best (*score > 0), or NULL. */
+static const struct vd_image_driver *probe_tail(struct vd_file *f, int *score)
+{
+	uint64_t size = f->info.size_bytes;
+	size_t len = (size_t)VD_MIN(size, (uint64_t)PROBE_TAIL_BYTES);
+	const struct vd_image_driver *best = NULL;
+	void *buf;
+	size_t i;
+
+	*score = 0;
+	if (len < 512 || posix_memalign(&buf, VD_PAGE_SIZE, PROBE_TAIL_BYTES) != 0) {
+		return NULL;
+	}
+	if (vd_file_rw_sync(f, VD_IO_READ, buf, len, size - len) == (int64_t)len) {
+		for (i = 0; i < VD_ARRAY_SIZE(drivers); i++) {
+			int s = drivers[i]->probe_tail ? drivers[i]->probe_tail(buf, len) : 0;
+
+			if (s > *score) {
+				*score = s;
+				best = drivers[i];
+			}
+		}
+	}
+	free(buf);
+	return best;
+}
+
 static int probe(const char *path, const struct vd_image_opts *o,
 		 const struct vd_image_driver **out, struct vd_err *err)
 {
@@ -83,8 +111,8 @@ static int probe(const char *path, const struct vd_image_opts *o,
 		.cache = VD_CACHE_WRITEBACK,
 		.size_bytes = o->size_bytes,
 	};
-	const struct vd_image_driver *best = NULL;
-	int best_score = 0;
+	const struct vd_image_driver *best = NULL, *tail;
+	int best_score = 0, tail_score;
 	struct vd_file *f;
 	int64_t got;
 	void *buf;
@@ -101,6 +129,7 @@ static int probe(const char *path, const struct vd_image_opts *o,
 	}
 	/* past the end of a small file reads as zeroes */
 	got = vd_file_rw_sync(f, VD_IO_READ, buf, PROBE_BYTES, 0);
+	tail = got >= 0 ? probe_tail(f, &tail_score) : NULL;
 	vd_file_close(f);
 	if (got < 0) {
 		free(buf);
@@ -113,6 +142,9 @@ static int probe(const char *path, const struct vd_image_opts *o,
 			best_score = score;
 			best = drivers[i];
 		}
+	}
+	if (tail && tail_score > best_score) {
+		best = tail;
 	}
 	free(buf);
 	if (!best) {
@@ -156,7 +188,6 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 			return vd_err_set(err, EINVAL, "unknown image format '%s'", opts.format);
 		}
 	}
-	opts.format = drv->name;
 	if (opts.force_share && !opts.readonly) {
 		return vd_err_set(err, EINVAL, "%s: force share (-U) needs a read-only open", path);
 	}
@@ -164,6 +195,8 @@ int vd_image_open(const char *path, const struct vd_image_opts *o, struct vd_ima
 	if (!img) {
 		return vd_err_set(err, ENOMEM, "out of memory");
 	}
+	img->format_probed = !opts.format || strcmp(opts.format, "auto") == 0;
+	opts.format = drv->name;
 	img->driver = drv;
 	img->opts = opts;
 	img->readonly = opts.readonly;
@@ -495,6 +528,36 @@ int vd_image_check(struct vd_image *img, bool repair, struct vd_check_result *re
 	return img->driver->check(img, repair, res, err);
 }
 
+/*
+ * Resizing a file guessed to be raw that ends like another format (a fixed
+ * VHD with a damaged footer) would cut that trailer or leave it inside the
+ * disk: refuse, and say how to choose.
+ */
+static int check_guessed_raw(struct vd_image *img, struct vd_err *err)
+{
+	struct vd_file_opts fo = { .readonly = true, .cache = VD_CACHE_WRITEBACK };
+	const struct vd_image_driver *tail;
+	struct vd_file *f;
+	int score;
+
+	if (!img->format_probed || img->driver != &vd_raw_driver) {
+		return 0;
+	}
+	fo.size_bytes = img->opts.size_bytes;
+	if (vd_file_open(img->opts.io_backend, img->path, &fo, &f, NULL) < 0) {
+		return 0; /* not a file we can read again: nothing to protect */
+	}
+	tail = probe_tail(f, &score);
+	vd_file_close(f);
+	if (!tail) {
+		return 0;
+	}
+	return vd_err_set(err, EINVAL,
+			  "%s: the format was guessed as raw, but the file ends like a %s "
+			  "image; pass -f %s (or -f raw to resize it as raw data)",
+			  img->path, tail->name, tail->name);
+}
+
 int vd_image_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err)
 {
 	int ret;
@@ -510,6 +573,10 @@ int vd_image_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *er
 	    size_bytes > (uint64_t)INT64_MAX) {
 		return vd_err_set(err, EINVAL, "size %llu is not a positive multiple of 512",
 				  (unsigned long long)size_bytes);
+	}
+	ret = check_guessed_raw(img, err);
+	if (ret < 0) {
+		return ret;
 	}
 	ret = img->driver->resize(img, size_bytes, err);
 	if (ret < 0) {

@@ -143,6 +143,8 @@ struct vd_image_create_opts {
 	bool extended_l2;           /* qcow2: subclusters */
 	uint32_t refcount_bits;     /* qcow2: 1..64, default 16 */
 	const char *preallocation;  /* "off" (default), "metadata", "falloc", "full" */
+	uint64_t max_size_bytes;    /* vhd: BAT entries up to this size, so that resize can
+				     * grow a dynamic disk without moving data (vhd-util -S) */
 	unsigned int flags;         /* VD_IMAGE_CREATE_* */
 };
 int vd_image_create_opts(const char *path, const char *format, const struct vd_image_create_opts *o,

@@ -39,6 +39,7 @@ struct fault_state {
 	uint64_t epoch_size_bytes; /* inner size when the first unflushed write came */
 	/* injected errors: countdown per op kind, 0 = disarmed */
 	uint64_t eio_in[3];
+	uint64_t space_bytes;     /* writes ending past this fail with -ENOSPC; 0 = off */
 	struct fault_state *next; /* registry */
 	struct vd_file *self;
 };
@@ -439,6 +440,10 @@ static int64_t do_req(struct fault_state *s, struct vd_file_req *req)
 	if (s->inner->fd < 0 && req->offset_bytes + req->len_bytes > s->inner->info.size_bytes) {
 		return -ENOSPC;
 	}
+	if (s->space_bytes && req->op != VD_IO_DISCARD &&
+	    req->offset_bytes + req->len_bytes > s->space_bytes) {
+		return -ENOSPC;
+	}
 	ret = save_undo(s, req->offset_bytes, req->len_bytes);
 	if (ret < 0) {
 		return ret;
@@ -649,6 +654,20 @@ int vd_fault_set_limit(struct vd_file *f, uint64_t limit_bytes)
 	s = st(f);
 	pthread_mutex_lock(&s->lock);
 	s->limit_bytes = limit_bytes ? limit_bytes : VD_FAULT_DEFAULT_LIMIT_BYTES;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+int vd_fault_set_space(struct vd_file *f, uint64_t space_bytes)
+{
+	struct fault_state *s;
+
+	if (!vd_fault_is_fault(f)) {
+		return -EINVAL;
+	}
+	s = st(f);
+	pthread_mutex_lock(&s->lock);
+	s->space_bytes = space_bytes;
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -80,6 +80,13 @@ int vd_fault_inject_eio(struct vd_file *f, enum vd_fault_op op, uint64_t nth);
 /* Maximum bytes of undo data (0: the default). */
 int vd_fault_set_limit(struct vd_file *f, uint64_t limit_bytes);
 
+/*
+ * A full filesystem: a WRITE or WRITE_ZEROES that ends past space_bytes
+ * fails with -ENOSPC and changes nothing (overwrites below it succeed);
+ * 0 disarms. Models "no room to grow the file beyond space_bytes".
+ */
+int vd_fault_set_space(struct vd_file *f, uint64_t space_bytes);
+
 /* Sectors written since the last completed flush (what a cut may lose). */
 uint64_t vd_fault_unflushed_sectors(struct vd_file *f);
 

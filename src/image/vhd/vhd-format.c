@@ -419,6 +419,7 @@ static int parent_info(const char *child, const struct vd_image_create_opts *o, 
 	struct stat st;
 	int ret;
 
+	parent_abs[0] = parent_rel[0] = '\0'; /* defined on every error path */
 	if (snprintf(dirbuf, sizeof(dirbuf), "%s", child) >= (int)sizeof(dirbuf)) {
 		return vd_err_set(err, ENAMETOOLONG, "path too long");
 	}
@@ -554,7 +555,20 @@ int vhd_create(const char *path, const struct vd_image_create_opts *o, struct vd
 				 block);
 		goto err_free;
 	}
-	entries = (uint32_t)VD_DIV_ROUND_UP(size, (uint64_t)block);
+	if (o->max_size_bytes && type == VHD_TYPE_FIXED) {
+		ret = vd_err_set(err, EINVAL, "vhd: max_size is for dynamic disks (a BAT reserve)");
+		goto err_free;
+	}
+	if (o->max_size_bytes && (o->max_size_bytes < size || o->max_size_bytes % VHD_SECTOR ||
+				  o->max_size_bytes / VHD_SECTOR > VHD_MAX_SECTORS)) {
+		ret = vd_err_set(err, EINVAL,
+				 "vhd: max_size %llu must be a multiple of 512 from the disk size "
+				 "to 2040 GiB",
+				 (unsigned long long)o->max_size_bytes);
+		goto err_free;
+	}
+	/* BAT entries for the largest size the disk may grow to (vhd-util create -S) */
+	entries = (uint32_t)VD_DIV_ROUND_UP(VD_MAX(size, o->max_size_bytes), (uint64_t)block);
 	if (type != VHD_TYPE_FIXED && entries > VHD_MAX_BAT_ENTRIES) {
 		ret = vd_err_set(err, EINVAL, "vhd: %u blocks of %u bytes are too many (max %u)",
 				 entries, block, VHD_MAX_BAT_ENTRIES);

@@ -1,8 +1,6 @@
 /*
- * vhd: open (footer, header, BAT, batmap, bitmaps, parent), info, block
- * status, check/repair and resize. Everything here runs on the control
- * thread, with the image not being served (check, resize) or before any
- * queue exists (open).
+ * vhd: open (footer, header, BAT, batmap, bitmaps, parent), check/repair,
+ * the vtable. Control thread: before any queue exists, or not served.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,9 +38,29 @@ static int vhd_probe(const void *hdr, size_t len)
 	return 0;
 }
 
-static bool is_dynamic(const struct vhd_state *s)
+/*
+ * A fixed disk's only footer is at the end: 512 bytes, or 511 (old Virtual
+ * PC). 100 for a fixed-disk footer with a true checksum, else 1 for the
+ * cookie (raw wins the tie; resize then refuses to cut it). Dynamic and
+ * differencing disks have a copy at 0: trusting one only at the end would
+ * let a guest writing a raw disk's last sector choose parents we open.
+ */
+static int vhd_probe_tail(const void *tail, size_t len)
 {
-	return s->type == VHD_TYPE_DYNAMIC || s->type == VHD_TYPE_DIFF;
+	const uint8_t *end = (const uint8_t *)tail + len;
+	struct vhd_footer f;
+	uint8_t buf[512];
+	size_t n;
+
+	for (n = 512; n >= 511; n--) {
+		if (len < n || memcmp(end - n, VHD_COOKIE_FOOTER, 8) != 0) {
+			continue;
+		}
+		memset(buf, 0, sizeof(buf));
+		memcpy(buf, end - n, n);
+		return vhd_footer_decode(buf, &f) == 0 && f.type == VHD_TYPE_FIXED ? 100 : 1;
+	}
+	return 0;
 }
 
 /* ---- parent ---- */
@@ -190,6 +208,16 @@ static int read_footer(struct vd_image *img, uint8_t *buf, struct vd_err *err)
 		return vd_err_set(err, EIO, "%s: cannot read the footer", img->path);
 	}
 	ret_end = vhd_footer_decode(buf, &end);
+	s->footer_bytes = 512;
+	if (ret_end == -EINVAL && s->file_bytes % VHD_SECTOR == 511) {
+		/* a 511-byte footer (old Virtual PC fixed disks) */
+		memset(buf, 0, 512);
+		if (rd(s, buf, 511, s->file_bytes - 511) != 511) {
+			return vd_err_set(err, EIO, "%s: cannot read the footer", img->path);
+		}
+		ret_end = vhd_footer_decode(buf, &end);
+		s->footer_bytes = 511;
+	}
 	if (rd(s, buf, 512, 0) != 512) {
 		return vd_err_set(err, EIO, "%s: cannot read the footer copy", img->path);
 	}
@@ -320,10 +348,45 @@ static uint64_t bat_problems(struct vhd_state *s, const uint32_t *bat, uint32_t 
 	return problems;
 }
 
+static bool bitmap_full(const struct vhd_state *s, const uint8_t *map)
+{
+	uint32_t i;
+
+	for (i = 0; i < s->sectors_per_block; i++) {
+		if (!vhd_bit_test(map, i)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Block blk's sector bitmap from the file (the shared full one if all ones). */
+int vhd_load_bitmap(struct vhd_state *s, uint32_t blk)
+{
+	uint8_t *map = malloc(s->bitmap_bytes);
+
+	if (!map) {
+		return -ENOMEM;
+	}
+	if (rd(s, map, s->bitmap_bytes, (uint64_t)s->bat[blk] * VHD_SECTOR) !=
+	    (int64_t)s->bitmap_bytes) {
+		free(map);
+		return -EIO;
+	}
+	if (bitmap_full(s, map)) {
+		/* the common case (qemu writes all-ones bitmaps): the fast path */
+		free(map);
+		map = s->full_bitmap;
+	}
+	s->bitmaps[blk] = map;
+	return 0;
+}
+
 static int load_bitmaps(struct vd_image *img)
 {
 	struct vhd_state *s = vhd_st(img);
 	uint32_t i;
+	int ret;
 
 	s->bitmaps = calloc(s->nr_blocks ? s->nr_blocks : 1, sizeof(*s->bitmaps));
 	s->full_bitmap = malloc(s->bitmap_bytes);
@@ -341,13 +404,9 @@ static int load_bitmaps(struct vd_image *img)
 			s->bitmaps[i] = s->full_bitmap;
 			continue;
 		}
-		s->bitmaps[i] = malloc(s->bitmap_bytes);
-		if (!s->bitmaps[i]) {
-			return -ENOMEM;
-		}
-		if (rd(s, s->bitmaps[i], s->bitmap_bytes, (uint64_t)e * VHD_SECTOR) !=
-		    (int64_t)s->bitmap_bytes) {
-			return -EIO;
+		ret = vhd_load_bitmap(s, i);
+		if (ret < 0) {
+			return ret;
 		}
 	}
 	return 0;
@@ -478,11 +537,15 @@ static int open_dynamic(struct vd_image *img, uint8_t *buf, struct vd_err *err)
 		}
 	}
 	compute_data_end(s);
+	/*
+	 * Dynamic disks too: other writers (vhd-util, Hyper-V) leave the bits
+	 * of sectors they did not write clear, and those read as zeroes.
+	 */
+	ret = load_bitmaps(img);
+	if (ret < 0) {
+		return vd_err_set(err, -ret, "%s: reading the sector bitmaps", img->path);
+	}
 	if (s->type == VHD_TYPE_DIFF) {
-		ret = load_bitmaps(img);
-		if (ret < 0) {
-			return vd_err_set(err, -ret, "%s: reading the sector bitmaps", img->path);
-		}
 		ret = open_parent(img, err);
 		if (ret < 0) {
 			return ret;
@@ -570,13 +633,13 @@ static int vhd_open(struct vd_image *img, const struct vd_image_opts *o, struct 
 		goto err_buf;
 	}
 	if (s->type == VHD_TYPE_FIXED) {
-		if (s->size_bytes > s->file_bytes - 512) {
+		if (s->size_bytes > s->file_bytes - s->footer_bytes) {
 			ret = vd_err_set(err, EINVAL,
 					 "%s: fixed VHD of %" PRIu64 " bytes in a file of %" PRIu64,
 					 img->path, s->size_bytes, s->file_bytes);
 			goto err_buf;
 		}
-		s->data_end = s->file_bytes - 512;
+		s->data_end = s->file_bytes - s->footer_bytes;
 	} else {
 		ret = open_dynamic(img, buf, err);
 		if (ret < 0) {
@@ -601,99 +664,6 @@ err_close:
 	return ret;
 }
 
-static const char *subformat_name(uint32_t type)
-{
-	switch (type) {
-	case VHD_TYPE_FIXED:
-		return "fixed";
-	case VHD_TYPE_DYNAMIC:
-		return "dynamic";
-	default:
-		return "differencing";
-	}
-}
-
-static int vhd_get_info(struct vd_image *img, struct vd_image_info *info)
-{
-	struct vhd_state *s = vhd_st(img);
-	struct stat st;
-
-	info->size_bytes = s->size_bytes;
-	info->sector_bytes = VHD_SECTOR;
-	info->physical_sector_bytes = VD_PAGE_SIZE;
-	info->readonly = s->file->info.readonly;
-	info->discard = !img->readonly;
-	info->discard_granularity_bytes = VD_PAGE_SIZE;
-	info->discard_alignment_bytes = 0;
-	info->flush = true;
-	if (s->file->fd >= 0 && fstat(s->file->fd, &st) == 0) {
-		info->allocated_bytes = (uint64_t)st.st_blocks * 512u;
-	}
-	info->cluster_bytes = is_dynamic(s) ? s->block_size : 0;
-	info->subformat = subformat_name(s->type);
-	info->backing_file = s->parent_path;
-	info->backing_format = img->backing ? img->backing->driver->name : NULL;
-	info->corrupt = img->corrupt;
-	return 0;
-}
-
-/* ---- block status (this layer only) ---- */
-
-static int vhd_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
-			    struct vd_block_status *out)
-{
-	struct vhd_state *s = vhd_st(img);
-	uint64_t bs = s->block_size;
-	uint32_t blk;
-	uint64_t in, len, e;
-
-	if (s->type == VHD_TYPE_FIXED) {
-		out->flags = VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
-		out->len_bytes = max_bytes;
-		out->host_offset_bytes = offset_bytes;
-		return 0;
-	}
-	blk = (uint32_t)(offset_bytes / bs);
-	in = offset_bytes % bs;
-	len = VD_MIN(max_bytes, bs - in);
-	e = vhd_bat_get(s, blk);
-	out->host_offset_bytes = UINT64_MAX;
-	if (e == VHD_BAT_UNUSED) {
-		/* extend over following unallocated blocks */
-		while (len < max_bytes && blk + 1 < s->nr_blocks &&
-		       vhd_bat_get(s, blk + 1) == VHD_BAT_UNUSED) {
-			blk++;
-			len = VD_MIN(max_bytes, len + bs);
-		}
-		/*
-		 * A dynamic disk has no parent: its empty blocks are zeroes this
-		 * layer decides (qemu's vpc reports them present and zero too).
-		 * A differencing disk's empty blocks fall through to the parent.
-		 */
-		out->flags = s->type == VHD_TYPE_DIFF ? 0 : VD_BLOCK_ZERO | VD_BLOCK_ALLOCATED;
-		out->len_bytes = len;
-		return 0;
-	}
-	if (s->type == VHD_TYPE_DIFF) {
-		const uint8_t *map = s->bitmaps[blk];
-		uint64_t sec = in / VHD_SECTOR, n = len / VHD_SECTOR, k;
-		bool set = vhd_bit_test(map, sec);
-
-		for (k = 1; k < n && vhd_bit_test(map, sec + k) == set; k++) {
-		}
-		len = k * VHD_SECTOR;
-		if (!set) {
-			out->flags = 0;
-			out->len_bytes = len;
-			return 0;
-		}
-	}
-	out->flags = VD_BLOCK_DATA | VD_BLOCK_ALLOCATED;
-	out->len_bytes = len;
-	out->host_offset_bytes = e * VHD_SECTOR + s->bitmap_bytes + in;
-	return 0;
-}
-
 /* ---- check / repair ---- */
 
 static void problem(struct vd_check_result *res, const char *fmt, ...) VD_PRINTF(2, 3);
@@ -709,7 +679,7 @@ static void problem(struct vd_check_result *res, const char *fmt, ...)
 	va_end(ap);
 }
 
-static int write_footer_at(struct vhd_state *s, uint8_t *buf, uint64_t off)
+int vhd_write_footer_at(struct vhd_state *s, uint8_t *buf, uint64_t off)
 {
 	vhd_footer_encode(&s->footer, buf);
 	return wr(s, buf, 512, off) == 512 ? 0 : -EIO;
@@ -741,18 +711,6 @@ static int write_batmap(struct vhd_state *s, uint8_t *buf)
 	return wr(s, buf, 512, s->batmap_hdr_off) == 512 ? 0 : -EIO;
 }
 
-static bool bitmap_full(const struct vhd_state *s, const uint8_t *map)
-{
-	uint32_t i;
-
-	for (i = 0; i < s->sectors_per_block; i++) {
-		if (!vhd_bit_test(map, i)) {
-			return false;
-		}
-	}
-	return true;
-}
-
 static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *res,
 		     struct vd_err *err)
 {
@@ -771,13 +729,13 @@ static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *
 	}
 	s->file_bytes = s->file->fd >= 0 ? (uint64_t)lseek(s->file->fd, 0, SEEK_END)
 					 : s->file->info.size_bytes;
-	res->total_units = is_dynamic(s) ? s->nr_blocks : 0;
+	res->total_units = vhd_is_dynamic(s) ? s->nr_blocks : 0;
 	if (s->type == VHD_TYPE_FIXED) {
 		if (rd(s, buf, 512, s->file_bytes - 512) != 512 ||
 		    vhd_footer_decode(buf, &tmp) != 0) {
 			res->corruptions++;
 			problem(res, "the footer at the end of the file is bad");
-			if (repair && write_footer_at(s, buf, s->size_bytes) == 0) {
+			if (repair && vhd_write_footer_at(s, buf, s->size_bytes) == 0) {
 				res->corruptions_fixed++;
 			}
 		}
@@ -787,7 +745,7 @@ static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *
 	if (rd(s, buf, 512, 0) != 512 || vhd_footer_decode(buf, &tmp) != 0) {
 		res->corruptions++;
 		problem(res, "the footer copy at offset 0 is bad");
-		if (repair && write_footer_at(s, buf, 0) == 0) {
+		if (repair && vhd_write_footer_at(s, buf, 0) == 0) {
 			res->corruptions_fixed++;
 		}
 	}
@@ -859,11 +817,8 @@ static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *
 			}
 			bit = vhd_bit_test(s->batmap, i);
 			if (i < s->nr_blocks && s->bat[i] != VHD_BAT_UNUSED) {
-				if (s->type == VHD_TYPE_DYNAMIC) {
-					full = true;
-				} else if (rd(s, map, s->bitmap_bytes,
-					      (uint64_t)s->bat[i] * VHD_SECTOR) ==
-					   (int64_t)s->bitmap_bytes) {
+				if (rd(s, map, s->bitmap_bytes, (uint64_t)s->bat[i] * VHD_SECTOR) ==
+				    (int64_t)s->bitmap_bytes) {
 					full = bitmap_full(s, map);
 				}
 			}
@@ -894,7 +849,7 @@ static int vhd_check(struct vd_image *img, bool repair, struct vd_check_result *
 		res->corruptions++;
 		problem(res, "no valid footer after the last block");
 		if (repair) {
-			if (write_footer_at(s, buf, s->data_end) == 0) {
+			if (vhd_write_footer_at(s, buf, s->data_end) == 0) {
 				res->corruptions_fixed++;
 				s->end_footer_ok = true;
 			}
@@ -934,90 +889,6 @@ out:
 	return ret;
 }
 
-/* ---- resize ---- */
-
-static int vhd_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err)
-{
-	struct vhd_state *s = vhd_st(img);
-	struct vhd_footer old = s->footer;
-	uint8_t *buf;
-	int ret = 0;
-
-	if (size_bytes / VHD_SECTOR > VHD_MAX_SECTORS) {
-		return vd_err_set(err, EFBIG, "%s: VHD images are limited to 2040 GiB", img->path);
-	}
-	if (size_bytes < s->size_bytes) {
-		return vd_err_set(err, EOPNOTSUPP, "%s: shrinking a VHD is not supported",
-				  img->path);
-	}
-	if (is_dynamic(s) && size_bytes > (uint64_t)s->header.max_table_entries * s->block_size) {
-		return vd_err_set(err, ENOSPC,
-				  "%s: the BAT has room for %u blocks of %u bytes (%" PRIu64
-				  " bytes); a larger disk needs a new image",
-				  img->path, s->header.max_table_entries, s->block_size,
-				  (uint64_t)s->header.max_table_entries * s->block_size);
-	}
-	buf = aligned_alloc(VD_PAGE_SIZE, VD_PAGE_SIZE);
-	if (!buf) {
-		return vd_err_set(err, ENOMEM, "out of memory");
-	}
-	s->footer.current_size = size_bytes;
-	vhd_chs(size_bytes, &s->footer.cyls, &s->footer.heads, &s->footer.secs);
-	if (vhd_virtual_size(&s->footer) != size_bytes) {
-		/* a creator whose size qemu takes from CHS: the max geometry forces current_size */
-		s->footer.cyls = 65535;
-		s->footer.heads = 16;
-		s->footer.secs = 255;
-	}
-	if (s->type == VHD_TYPE_FIXED) {
-		/* new footer first (the file grows), then the old one becomes zeroed data */
-		if (write_footer_at(s, buf, size_bytes) < 0 ||
-		    vd_file_rw_sync(s->file, VD_IO_FLUSH, NULL, 0, 0) < 0) {
-			ret = vd_err_set(err, EIO, "%s: writing the new footer", img->path);
-			goto err_restore;
-		}
-		memset(buf, 0, 512);
-		if (size_bytes != old.current_size && wr(s, buf, 512, s->file_bytes - 512) != 512) {
-			ret = vd_err_set(err, EIO, "%s: clearing the old footer", img->path);
-			goto out;
-		}
-		s->file_bytes = size_bytes + 512;
-		s->data_end = size_bytes;
-	} else {
-		if (write_footer_at(s, buf, 0) < 0 ||
-		    vd_file_rw_sync(s->file, VD_IO_FLUSH, NULL, 0, 0) < 0 ||
-		    write_footer_at(s, buf, s->data_end) < 0) {
-			ret = vd_err_set(err, EIO, "%s: writing the footer", img->path);
-			goto out;
-		}
-		s->nr_blocks = (uint32_t)VD_DIV_ROUND_UP(size_bytes, (uint64_t)s->block_size);
-		if (s->type == VHD_TYPE_DIFF) {
-			uint8_t **nb = realloc(s->bitmaps, sizeof(*nb) * s->nr_blocks);
-			uint32_t i;
-
-			if (!nb) {
-				ret = vd_err_set(err, ENOMEM, "out of memory");
-				goto out;
-			}
-			s->bitmaps = nb;
-			for (i = 0; i < s->nr_blocks; i++) {
-				if (i * (uint64_t)s->block_size >= s->size_bytes) {
-					nb[i] = NULL;
-				}
-			}
-		}
-	}
-	vd_file_rw_sync(s->file, VD_IO_FLUSH, NULL, 0, 0);
-	s->size_bytes = size_bytes;
-out:
-	free(buf);
-	return ret;
-err_restore:
-	s->footer = old;
-	free(buf);
-	return ret;
-}
-
 static int vhd_create_drv(const char *path, const struct vd_image_create_opts *o,
 			  struct vd_err *err)
 {
@@ -1029,6 +900,7 @@ const struct vd_image_driver vd_vhd_driver = {
 	.image_state_size = sizeof(struct vhd_state),
 	.io_ctx_size = VHD_IO_CTX_SIZE,
 	.probe = vhd_probe,
+	.probe_tail = vhd_probe_tail,
 	.open = vhd_open,
 	.close = vhd_close,
 	.queue_init = vhd_queue_init,

@@ -5,10 +5,12 @@
  * Files, one concern each (QEMU qcow2.h style):
  *   vhd-format.c  on-disk structures: checksums, geometry, footer/header
  *                 encode/decode, parent locators, create
- *   vhd.c         open/close, chain walking, info, block status, check,
- *                 resize, the driver vtable
+ *   vhd.c         open/close, chain walking, check, the driver vtable
+ *   vhd-ops.c     info, block status, resize
  *   vhd-io.c      the datapath: split at block boundaries, reads through
- *                 the chain, allocation by the metadata owner
+ *                 the chain, jobs sent to the metadata owner
+ *   vhd-alloc.c   the owner's allocation rounds (vhd-io-int.h is what
+ *                 the two share)
  *
  * Layout of a dynamic/differencing file as vdisk writes it:
  *   0      footer copy (512)
@@ -27,7 +29,7 @@
  * does (creator "tap\0" version 1.3, with a batmap), so qemu, tapdisk and
  * vdisk agree on current_size. Larger than 2040 GiB is refused (as qemu).
  *
- * Concurrency: the BAT, the per-block bitmaps of differencing disks and the
+ * Concurrency: the BAT, the per-block sector bitmaps and the
  * batmap have one owner, the ioctx of the first queue (vhd-io.c). Any
  * queue reads them with atomic loads; only the owner changes them, after
  * the on-disk update has completed. Other queues send metadata jobs to
@@ -35,17 +37,34 @@
  *
  * Allocation on first write (owner, in rounds that batch every pending job):
  *   1. new blocks: WRITE_ZEROES over the data area, then the bitmap and the
- *      job's data written at the old end of data (over the old footer);
- *      already allocated differencing blocks: the job's data
+ *      job's data written at the old end of data (over the old footer),
+ *      and the footer at the new end; already allocated blocks with a
+ *      partial bitmap: the job's data
  *   2. FLUSH
- *   3. BAT sectors (new blocks) and bitmaps (differencing, old blocks)
+ *   3. BAT sectors (new blocks) and bitmaps (old blocks)
  *   4. in-memory BAT/bitmaps published, jobs answered
- *   5. footer at the new end, batmap sector(s) and batmap header
+ *   5. batmap sector(s) and batmap header
  * A crash before 3 leaves an unreferenced block at the end (a leak that
  * `check --repair` truncates) and the footer copy at offset 0 describes the
  * disk; after 3 the data is referenced and was durable before the
  * reference. A lost step 5 leaves a stale batmap bit 0 (harmless: it only
- * says "look at the bitmap") or a missing end footer (repair rewrites it).
+ * says "look at the bitmap").
+ * A round that fails (ENOSPC, EIO) before 4 is rolled back (vhd-alloc.c):
+ * the old BAT sectors again if 3 ran, the footer at the old end, the file
+ * truncated after it, data_end restored; so a full filesystem leaves a
+ * valid file of the same size, and the next round allocates at the same
+ * place once there is room.
+ *
+ * Sector bitmaps: honoured in dynamic disks as in differencing ones (a
+ * clear bit reads as zeroes, or as the parent's data). Other writers
+ * (vhd-util, Hyper-V) allocate a block with a zero bitmap and set bits as
+ * they write; qemu's vpc writes all-ones bitmaps and ignores them on read.
+ * vdisk gives a fresh dynamic block an all-ones bitmap over a zeroed data
+ * area (the same content, and no bitmap update on later writes), so its
+ * own blocks and qemu's, like batmap-full ones, share full_bitmap and take
+ * the fast path: straight to the file. Only blocks with clear bits cost a
+ * job for the owner on the first write to those sectors (the bits set
+ * before the write is acknowledged: steps 1-4 above).
  *
  * Discard (and WRITE_ZEROES): the range is made to read as zeroes and its
  * host space is punched (fallocate) where the block is allocated. Blocks
@@ -234,19 +253,20 @@ struct vhd_state {
 	uint32_t sectors_per_block;
 	uint32_t nr_blocks;   /* BAT entries in use: ceil(size / block) */
 	uint32_t *bat;        /* host order, max_table_entries; atomics */
-	uint8_t **bitmaps;    /* differencing: per block, NULL = not allocated */
+	uint8_t **bitmaps;    /* per block, NULL = not allocated; full_bitmap = all set */
 	uint8_t *full_bitmap; /* shared all-ones bitmap for full blocks */
 	bool has_batmap;
 	bool batmap_valid;
 	uint64_t batmap_hdr_off;
 	uint64_t batmap_off;
 	uint32_t batmap_sectors;
-	uint8_t *batmap;     /* batmap_sectors * 512 */
-	uint64_t meta_end;   /* first byte after headers, BAT, batmap, locators */
-	uint64_t data_end;   /* end of the last block (owner) */
-	uint64_t file_bytes; /* file length as last known (owner) */
-	bool end_footer_ok;  /* the footer at the end of the file is valid */
-	char *parent_path;   /* resolved path of the parent (differencing) */
+	uint8_t *batmap;       /* batmap_sectors * 512 */
+	uint64_t meta_end;     /* first byte after headers, BAT, batmap, locators */
+	uint64_t data_end;     /* end of the last block (owner) */
+	uint64_t file_bytes;   /* file length as last known (owner) */
+	uint32_t footer_bytes; /* of the end footer: 512, or 511 (old fixed disks) */
+	bool end_footer_ok;    /* the footer at the end of the file is valid */
+	char *parent_path;     /* resolved path of the parent (differencing) */
 	/* metadata owner (vhd-io.c) */
 	struct vhd_queue *owner;               /* atomic */
 	struct vhd_job *jobs_head, *jobs_tail; /* owner only: waiting for a round */
@@ -254,6 +274,11 @@ struct vhd_state {
 	struct vhd_round *round;
 	void *zero_sector; /* 4 KiB of zeroes, aligned */
 };
+
+static inline bool vhd_is_dynamic(const struct vhd_state *s)
+{
+	return s->type == VHD_TYPE_DYNAMIC || s->type == VHD_TYPE_DIFF;
+}
 
 static inline struct vhd_state *vhd_st(struct vd_image *img)
 {
@@ -264,6 +289,18 @@ static inline uint32_t vhd_bat_get(const struct vhd_state *s, uint32_t blk)
 {
 	return __atomic_load_n(&s->bat[blk], __ATOMIC_ACQUIRE);
 }
+
+/* ---- vhd.c ---- */
+/* Encode s->footer into buf (512, aligned) and write it at off. 0 or -EIO. */
+int vhd_write_footer_at(struct vhd_state *s, uint8_t *buf, uint64_t off);
+/* Block blk's sector bitmap from the file into s->bitmaps[blk] (full_bitmap if all ones). */
+int vhd_load_bitmap(struct vhd_state *s, uint32_t blk);
+
+/* ---- vhd-ops.c (control thread) ---- */
+int vhd_get_info(struct vd_image *img, struct vd_image_info *info);
+int vhd_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,
+		     struct vd_block_status *out);
+int vhd_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *err);
 
 /* ---- vhd-io.c ---- */
 #define VHD_IO_CTX_SIZE 2048u /* >= sizeof(struct vhd_req), asserted in vhd-io.c */
