@@ -8,7 +8,6 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -387,27 +386,22 @@ static int open_image(const char *path, const char *format, bool readonly, struc
 }
 
 /*
- * A tool never writes into its own input: DST (if it exists) must be no
- * file of SRC's chain, whatever the spelling (./X, a symlink, a hard link):
- * compared by device and inode, as the kernel sees them.
+ * A tool never writes into its own input: DST must be no file of SRC's
+ * chain, whatever the spelling (./X, a symlink, a hard link).
  */
 static int refuse_own_input(struct vd_image *src, const char *dst, struct vd_err *err)
 {
-	struct vd_image *img;
-	struct stat ds, ss;
+	struct vd_image *hit = NULL;
+	int ret = vd_image_chain_find_file(src, dst, &hit);
 
-	if (stat(dst, &ds) < 0) {
-		return errno == ENOENT ? 0 : vd_err_set(err, errno, "%s", dst);
+	if (ret < 0) {
+		return vd_err_set(err, -ret, "%s", dst);
 	}
-	for (img = src; img; img = vd_image_backing(img)) {
-		if (stat(vd_image_path(img), &ss) == 0 && ss.st_dev == ds.st_dev &&
-		    ss.st_ino == ds.st_ino) {
-			return vd_err_set(err, EINVAL,
-					  "%s is %s%s, which the conversion reads: refusing to "
-					  "overwrite it",
-					  dst, img == src ? "the source " : "the backing file ",
-					  vd_image_path(img));
-		}
+	if (ret > 0) {
+		return vd_err_set(
+			err, EINVAL,
+			"%s is %s%s, which the conversion reads: refusing to overwrite it", dst,
+			hit == src ? "the source " : "the backing file ", vd_image_path(hit));
 	}
 	return 0;
 }
@@ -777,6 +771,25 @@ int vd_imgtool_snapshot(const char *path, const char *format, const char *new_pa
 
 /* ---- commit ---- */
 
+/*
+ * commit's top, read-only, with the chain below it opened sharing
+ * everything: this process itself opens the base for writing next, and
+ * the base's writer lock keeps everyone else out.
+ */
+static int open_commit_top(const char *path, const char *format, struct vd_image **out,
+			   struct vd_err *err)
+{
+	struct vd_image_opts o = {
+		.format = format,
+		.io_backend = "uring",
+		.readonly = true,
+		.cache = VD_CACHE_WRITEBACK,
+		.backing_force_share = true,
+	};
+
+	return open_image_opts(path, &o, out, err);
+}
+
 int vd_imgtool_commit(const char *path, const char *format, enum vd_progress_mode progress,
 		      FILE *out, struct vd_err *err)
 {
@@ -789,20 +802,7 @@ int vd_imgtool_commit(const char *path, const char *format, enum vd_progress_mod
 	uint64_t off = 0, copied = 0;
 	int ret;
 
-	/*
-	 * The chain below the top is opened sharing everything: this process
-	 * itself opens the base for writing next, and the base's writer lock
-	 * keeps everyone else out.
-	 */
-	struct vd_image_opts to = {
-		.format = format,
-		.io_backend = "uring",
-		.readonly = true,
-		.cache = VD_CACHE_WRITEBACK,
-		.backing_force_share = true,
-	};
-
-	ret = open_image_opts(path, &to, &top, err);
+	ret = open_commit_top(path, format, &top, err);
 	if (ret < 0) {
 		return ret;
 	}

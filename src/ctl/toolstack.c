@@ -468,7 +468,7 @@ int vd_ctl_attach_wait(struct xs_handle *xs, uint16_t domid, uint32_t vdev, unsi
 		       struct vd_err *err)
 {
 	uint64_t deadline = vd_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-	struct vbd_paths p;
+	struct vbd_paths p = { 0 };
 	int fd = xs_fileno(xs);
 	int r;
 

@@ -342,6 +342,9 @@ static int vbd_connect(void *arg, const struct vd_blkif_fe_conf *conf, struct vd
 		/* A reconnect without a disconnect: start from scratch. */
 		stop_queues(w);
 	}
+	if (w->image == NULL) {
+		return vd_err_set(err, ESHUTDOWN, "the VBD is being unplugged (online=0)");
+	}
 	if (conf->nr_queues == 0 || conf->nr_queues > w->caps.max_queues ||
 	    conf->nr_queues > VD_BLKIF_MAX_QUEUES) {
 		return vd_err_set(err, EINVAL, "frontend asks for %u queues (max %u)",
@@ -391,6 +394,26 @@ fail:
 	return r;
 }
 
+/*
+ * The toolstack unplugs (online=0, or the dir is gone): the backend writes
+ * Closed right after this disconnect, and whoever waited for Closed may
+ * open the image at once (vdisk detach; attach elsewhere). So let go of
+ * the image, and of its locks, now rather than when the process exits.
+ * No reconnect follows an unplug (vbd_connect refuses one).
+ */
+static void release_if_unplugged(struct worker *w)
+{
+	char *online = vd_ctl_xs_read(w->xs, XBT_NULL, w->o->be_path, "online", 8);
+	bool gone = online == NULL ? errno == ENOENT : strcmp(online, "0") == 0;
+
+	free(online);
+	if (gone && w->image != NULL) {
+		vd_image_close(w->image);
+		w->image = NULL;
+		vd_log(VD_LOG_INFO, "unplugged: image closed");
+	}
+}
+
 static void vbd_disconnect(void *arg)
 {
 	struct worker *w = arg;
@@ -408,6 +431,7 @@ static void vbd_disconnect(void *arg)
 		reqs += st.reqs;
 	}
 	stop_queues(w);
+	release_if_unplugged(w);
 	if (n != 0 && getrusage(RUSAGE_SELF, &ru) == 0) {
 		/* The queue threads have exited: their CPU time is in RUSAGE_SELF. */
 		cpu_us = tv_us(&ru.ru_utime) + tv_us(&ru.ru_stime) -

@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/compiler.h"
 #include "common/iov.h"
@@ -465,6 +466,24 @@ struct vd_image *vd_image_backing(struct vd_image *img)
 const char *vd_image_path(const struct vd_image *img)
 {
 	return img->path;
+}
+
+int vd_image_chain_find_file(struct vd_image *img, const char *path, struct vd_image **hit)
+{
+	struct stat ps, is;
+
+	*hit = NULL;
+	if (stat(path, &ps) < 0) {
+		return errno == ENOENT ? 0 : -errno;
+	}
+	for (; img; img = img->backing) {
+		/* null/mem images have no file: stat fails, no match */
+		if (stat(img->path, &is) == 0 && is.st_dev == ps.st_dev && is.st_ino == ps.st_ino) {
+			*hit = img;
+			return 1;
+		}
+	}
+	return 0;
 }
 
 int vd_image_block_status(struct vd_image *img, uint64_t offset_bytes, uint64_t max_bytes,

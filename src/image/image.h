@@ -194,6 +194,12 @@ int vd_image_resize(struct vd_image *img, uint64_t size_bytes, struct vd_err *er
 struct vd_image *vd_image_backing(struct vd_image *img);
 /* The path the image was opened from (for the backing: as resolved). Borrowed. */
 const char *vd_image_path(const struct vd_image *img);
+/*
+ * Is path (if it exists) one of the files of img's chain, by device and
+ * inode (so ./X, symlinks and hard links count)? 1 with *hit the layer,
+ * 0 if not (or path does not exist), -errno if path cannot be examined.
+ */
+int vd_image_chain_find_file(struct vd_image *img, const char *path, struct vd_image **hit);
 
 /*
  * Synchronous access for control-plane tools (convert, commit, check

@@ -343,6 +343,7 @@ err_close:
 void vd_fd_close(struct vd_file *f)
 {
 	if (f->fd >= 0) {
+		vd_lock_release_fd(f->fd);
 		close(f->fd);
 		f->fd = -1;
 	}

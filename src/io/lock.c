@@ -154,3 +154,15 @@ int vd_lock_fd(int fd, unsigned int perm, unsigned int shared, const char *path,
 	}
 	return vd_lock_test_fd(fd, perm, shared, path, err);
 }
+
+void vd_lock_release_fd(int fd)
+{
+	struct flock fl = {
+		.l_type = F_UNLCK,
+		.l_whence = SEEK_SET,
+		.l_start = VD_LOCK_PERM_BASE,
+		.l_len = VD_LOCK_SHARED_BASE + 100 - VD_LOCK_PERM_BASE,
+	};
+
+	(void)fcntl(fd, F_OFD_SETLK, &fl);
+}

@@ -70,6 +70,14 @@ int vd_lock_fd(int fd, unsigned int perm, unsigned int shared, const char *path,
 	       struct vd_err *err);
 
 /*
+ * Drop every lock byte (QEMU's whole range) of fd's open file description.
+ * Call before close: io_uring may keep the file referenced (registered
+ * files, a ring torn down asynchronously) and OFD locks live as long as
+ * the description, not the fd. Errors are ignored (nothing to undo).
+ */
+void vd_lock_release_fd(int fd);
+
+/*
  * Test only (no locks taken): 0 if an opener with (perm, shared) could
  * open fd's file now, else -EBUSY with err as above.
  */

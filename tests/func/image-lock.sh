@@ -4,7 +4,8 @@
 # the lock message); two --readonly attaches of one image share it, a
 # read-write attach next to them fails; kill -9 of a worker releases its
 # locks (a new attach of its image succeeds and serves a verified
-# workload); a second vdiskd on the same run dir refuses to start.
+# workload), and right after detach the image is free; a second vdiskd on
+# the same run dir refuses to start.
 set -euo pipefail
 # shellcheck source=../../scripts/lib-sim.sh
 . "${VDISK_SOURCE_DIR:-$(dirname "$0")/../..}/scripts/lib-sim.sh"
@@ -87,6 +88,18 @@ vd_wait_domain 6
 vd_attach 6 $VDEV "$IMG" -f qcow2
 vd_guest_check guest6 60
 vd_detach 6 $VDEV
+
+echo "== detach of a live VBD frees the image at once"
+vd_guest_start guest8 8 --queues 2 --iodepth 8 --runtime "$(vd_timeout 60)"
+vd_wait_domain 8
+vd_cli create -f qcow2 "$IMG.2" 64M || vd_fail "create $IMG.2"
+vd_attach 8 $VDEV "$IMG.2" -f qcow2
+vd_wait_xs_value "$(vd_be_path 8 $VDEV)/state" 4 30 || vd_fail "VBD 8 did not connect"
+sleep 0.5
+vd_detach 8 $VDEV
+# the worker lets go of the image before it says Closed: usable at once
+vd_cli check --repair "$IMG.2" || vd_fail "$IMG.2 still locked right after vdisk detach"
+vd_stop guest8 10 || true
 
 echo "== a second vdiskd"
 rc=0

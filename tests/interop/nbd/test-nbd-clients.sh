@@ -56,7 +56,7 @@ stop() {
 # qemu-img map's data/zero booleans as NBD base:allocation flags, merged:
 # "start length flags" lines (flags: 0 data, 3 hole+zero, 1 hole, 2 zero)
 qmap() { # FMT IMAGE
-	qemu-img map -f "$1" --output=json "$2" | python3 -c '
+	qemu-img map -U -f "$1" --output=json "$2" | python3 -c '
 import json, sys
 out = []
 for e in json.load(sys.stdin):
@@ -95,8 +95,9 @@ for fmt in raw qcow2 vpc; do
 	serve "$img" "$vfmt"
 	# out of the export
 	qemu-img convert -q -f raw "$URI" -O raw "$T/out.raw"
-	# qemu's own reading of the image (vpc rounds the size up to a CHS geometry)
-	qemu-img convert -q -f "$fmt" "$img" -O raw "$T/qref.raw"
+	# qemu's own reading of the image (vpc rounds the size up to a CHS geometry);
+	# -U (force share) here and in qmap: serve-nbd holds the image's write lock
+	qemu-img convert -U -q -f "$fmt" "$img" -O raw "$T/qref.raw"
 	cmp "$T/qref.raw" "$T/out.raw" || fail "$fmt: qemu-img convert out of the export differs"
 	cmp -n $((64 << 20)) "$T/ref.raw" "$T/out.raw" || fail "$fmt: export differs from the source"
 	ok "$fmt: qemu-img convert out of the export is byte-exact"
