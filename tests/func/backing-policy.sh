@@ -35,6 +35,15 @@ refused() {
 	echo "$err" | grep -q "$2" || vd_fail "VBD $1: vdisk-error does not say '$2'"
 }
 
+# attach_refused ARGS...: `vdisk attach` waits for the worker's verdict and
+# exits non-zero with it.
+attach_refused() {
+	local out rc=0
+	out=$(vd_cli attach "$@" 2>&1) || rc=$?
+	echo "$out"
+	[ "$rc" -ne 0 ] || vd_fail "vdisk attach $* exited 0 for a refused image"
+}
+
 connected() {
 	vd_wait_xs_value "$(vd_be_path "$1" $VDEV)/state" 4 30 || vd_fail "VBD $1 did not connect"
 	echo "VBD $1 connected"
@@ -48,11 +57,11 @@ guest() {
 }
 
 guest
-vd_attach $n $VDEV "$VD_TMP/vm/passwd.qcow2" --format qcow2
+attach_refused $n $VDEV "$VD_TMP/vm/passwd.qcow2" --format qcow2
 refused $n "refused"
 
 guest
-vd_attach $n $VDEV "$VD_TMP/vm/other.qcow2" --format qcow2
+attach_refused $n $VDEV "$VD_TMP/vm/other.qcow2" --format qcow2
 refused $n "outside"
 
 guest
@@ -81,7 +90,7 @@ assert i > 0
 f.seek(i); f.write(bytes.fromhex("0badf00d"))
 PY
 guest
-vd_attach $n $VDEV "$VD_TMP/vm/nofmt.qcow2" --format qcow2
+attach_refused $n $VDEV "$VD_TMP/vm/nofmt.qcow2" --format qcow2
 refused $n "no recorded format"
 vd_assert_alive vdiskd
 echo "backing policy: all cases as expected"
