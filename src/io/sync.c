@@ -108,4 +108,5 @@ const struct vd_io_backend vd_sync_backend = {
 	.close = sync_close,
 	.submit = sync_submit,
 	.resize = sync_resize,
+	.prealloc = vd_fd_prealloc,
 };

@@ -180,5 +180,6 @@ const struct vd_io_backend vd_uring_backend = {
 	.close = uring_close,
 	.submit = uring_submit,
 	.resize = uring_resize,
+	.prealloc = vd_fd_prealloc,
 	.cqe = uring_cqe,
 };
