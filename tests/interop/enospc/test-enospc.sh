@@ -3,7 +3,7 @@
 # raw): a 64 MiB ext4 on a loop device holds a 1 GiB image and a filler
 # file. `vdisk serve-nbd` serves the image; qemu-io writes 1 MiB chunks
 # (pattern per chunk) until the disk is full, keeps writing (every write
-# must fail with ENOSPC, as a guest retrying would), the filler is removed
+# must fail with ENOSPC, as a guest retrying would; then 64 at once), the filler is removed
 # (space returns), more chunks are written; then every acknowledged chunk
 # reads back, the server exits cleanly, and `qemu-img check` finds no
 # corruption and no more leaked clusters than one write in flight holds.
@@ -91,7 +91,15 @@ full_at=$i
 for j in $(seq 0 199); do
 	! wchunk $((full_at + j % 50)) || fail "a write succeeded on a full disk"
 done
-echo "ok: $FMT: ${#acked[@]} MiB acknowledged, then 200 writes failed with ENOSPC"
+# and 64 at once (two per cluster), beside a flush
+args=()
+for j in $(seq 0 63); do
+	args+=(-c "aio_write -P 7 $(((full_at + 60) * MB + (j / 2) * 65536 + (j % 2) * 4096)) 4k")
+done
+out=$(qemu-io -f raw "${args[@]}" -c aio_flush "$URI" 2>&1) || true
+[ "$(grep -c "No space left" <<<"$out")" -ge 64 ] ||
+	fail "parallel writes on a full disk: $(grep -v "No space left" <<<"$out" | head -3)"
+echo "ok: $FMT: ${#acked[@]} MiB acknowledged, then 200 + 64 parallel writes failed with ENOSPC"
 rm -f "$MNT/filler"
 sync -f "$MNT" 2>/dev/null || sync
 for k in $(seq 0 7); do
