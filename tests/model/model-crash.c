@@ -316,29 +316,13 @@ static int set_full(struct model *m, struct vd_image *img, bool full)
 	return 0;
 }
 
-/* One workload + power cut + recovery + verification. 0 ok, -1 failed. */
-static int one_cut(struct model *m, uint64_t seed)
+/* The seeded random ops of one cut on the open image. 0 ok, -1 failed. */
+static int workload(struct model *m, struct vd_image *img, struct vd_image_sync *s)
 {
-	struct vd_image *img = NULL;
-	struct vd_image_sync *s = NULL;
-	struct vd_check_result res;
-	struct vd_image_info info;
-	struct vd_err err = { 0 };
-	unsigned int nops, i;
-	enum vd_fault_cut_mode mode;
+	unsigned int nops = 1 + (unsigned int)below(&m->rng, MAX_OPS), i;
 	unsigned int full_at = UINT32_MAX, empty_at = UINT32_MAX;
 	int64_t r;
-	uint32_t sec;
 
-	m->rng = seed;
-	if (open_img(m, true, &img, &err) < 0 || vd_image_sync_open(img, &s, &err) < 0) {
-		fprintf(stderr, "model: opening %s: %s\n", m->path, vd_err_msg(&err));
-		vd_image_close(img);
-		return -1;
-	}
-	vd_image_get_info(img, &info);
-	m->discard = info.discard;
-	nops = 1 + (unsigned int)below(&m->rng, MAX_OPS);
 	m->fault = vd_fault_lookup(m->path);
 	if (m->enospc && m->fault && below(&m->rng, 3) == 0) {
 		full_at = (unsigned int)below(&m->rng, nops);
@@ -346,22 +330,23 @@ static int one_cut(struct model *m, uint64_t seed)
 	}
 	for (i = 0; i < nops; i++) {
 		unsigned int kind = (unsigned int)below(&m->rng, 10);
+		bool full = full_at <= i && i < empty_at;
+		uint32_t n, first;
 
 		if ((i == full_at || i == empty_at) && set_full(m, img, i == full_at) < 0) {
-			goto fail;
+			return -1;
 		}
-		uint32_t n = 1 + (uint32_t)below(&m->rng, MAX_WRITE);
-		uint32_t first = (uint32_t)below(&m->rng, NSEC - n + 1);
-
+		n = 1 + (uint32_t)below(&m->rng, MAX_WRITE);
+		first = (uint32_t)below(&m->rng, NSEC - n + 1);
 		if (kind < 2) {
 			r = vd_image_sync_io(s, VD_IO_FLUSH, NULL, 0, 0);
-			if (r < 0 && full_at <= i && i < empty_at) {
+			if (r < 0 && full) {
 				m->enospc_flushes++; /* the log stays: not durable */
 				continue;
 			}
 			if (r < 0) {
 				fprintf(stderr, "model: flush: %s\n", strerror((int)-r));
-				goto fail;
+				return -1;
 			}
 			apply_log(m);
 			m->flushes++;
@@ -380,35 +365,61 @@ static int one_cut(struct model *m, uint64_t seed)
 				m->discard = false;
 				continue;
 			}
-			if (r == -ENOSPC && full_at <= i && i < empty_at) {
+			if (r == -ENOSPC && full) {
 				if (after_failed_op(m, s, 0, first, n) < 0) {
-					goto fail;
+					return -1;
 				}
 				continue;
 			}
 			if (r < 0) {
 				fprintf(stderr, "model: discard: %s\n", strerror((int)-r));
-				goto fail;
+				return -1;
 			}
 			m->log[m->nlog++] = (struct logent){ 0, first, n };
 			m->discards++;
 			continue;
 		}
 		r = do_write(s, m->buf, m->next_id, first, n);
-		if (r == -ENOSPC && full_at <= i && i < empty_at) {
+		if (r == -ENOSPC && full) {
 			if (after_failed_op(m, s, m->next_id++, first, n) < 0) {
-				goto fail;
+				return -1;
 			}
 			continue;
 		}
 		if (r < 0) {
 			fprintf(stderr, "model: write: %s\n", strerror((int)-r));
-			goto fail;
+			return -1;
 		}
 		m->log[m->nlog++] = (struct logent){ m->next_id++, first, n };
 		m->writes++;
 	}
 	if (full_at < nops && empty_at >= nops && set_full(m, img, false) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+/* One workload + power cut + recovery + verification. 0 ok, -1 failed. */
+static int one_cut(struct model *m, uint64_t seed)
+{
+	struct vd_image *img = NULL;
+	struct vd_image_sync *s = NULL;
+	struct vd_check_result res;
+	struct vd_image_info info;
+	struct vd_err err = { 0 };
+	enum vd_fault_cut_mode mode;
+	int64_t r;
+	uint32_t sec;
+
+	m->rng = seed;
+	if (open_img(m, true, &img, &err) < 0 || vd_image_sync_open(img, &s, &err) < 0) {
+		fprintf(stderr, "model: opening %s: %s\n", m->path, vd_err_msg(&err));
+		vd_image_close(img);
+		return -1;
+	}
+	vd_image_get_info(img, &info);
+	m->discard = info.discard;
+	if (workload(m, img, s) < 0) {
 		goto fail;
 	}
 	/* power cut, then whatever the driver does on close hits a dead disk */
