@@ -7,7 +7,8 @@
 # (space returns), more chunks are written; then every acknowledged chunk
 # reads back, the server exits cleanly, and `qemu-img check` finds no
 # corruption and no more leaked clusters than one write in flight holds.
-# Prints "leaks=N max_offset=BYTES" for the record.
+# Prints "leaks=N max_offset=BYTES" for the record (ENOSPC_SHOW_CHECK=1:
+# and the end of qemu-img check's own report).
 # Exit 77 if not root, no loop device, or a tool is missing.
 set -euo pipefail
 FMT=${1:-qcow2}
@@ -135,6 +136,7 @@ print(j.get("leaks", 0), j.get("corruptions", 0) + j.get("check-errors", 0))' "$
 import json, sys
 print(max([e["offset"] + e["length"] for e in json.load(sys.stdin) if "offset" in e] + [0]))')
 	echo "leaks=$leaks max_offset=$max_off file_bytes=$(stat -c %s "$IMG")"
+	[ -z "${ENOSPC_SHOW_CHECK:-}" ] || qemu-img check -f qcow2 "$IMG" 2>&1 | tail -4 || true
 	[ "$corrupt" -eq 0 ] || fail "qemu-img check: corruption ($(cat "$T/check.json"))"
 	# at most the clusters of one 1 MiB write in flight (qemu-io: depth 1)
 	[ "$leaks" -le 16 ] || fail "qemu-img check: $leaks leaked clusters"
