@@ -704,8 +704,10 @@ int vd_imgtool_convert(const struct vd_convert_opts *o, struct vd_err *err)
 			ret = copy_data(&c, off, bs.len_bytes);
 		}
 		if (ret < 0) {
-			vd_err_set(err, -ret, "copying %s to %s at offset %" PRIu64, o->src, o->dst,
-				   off);
+			/* the source is read-only here; say what the failure left */
+			vd_err_set(err, -ret,
+				   "copying %s to %s at offset %" PRIu64 " (%s left incomplete)",
+				   o->src, o->dst, off, o->dst);
 			break;
 		}
 		off += bs.len_bytes;
@@ -872,8 +874,10 @@ int vd_imgtool_commit(const char *path, const char *format, enum vd_progress_mod
 				pos += n;
 			}
 			if (ret < 0) {
-				vd_err_set(err, -ret, "committing %s at offset %" PRIu64, path,
-					   off);
+				vd_err_set(err, -ret,
+					   "committing %s at offset %" PRIu64 " (%s is unchanged, "
+					   "%s holds part of it: commit again)",
+					   path, off, path, base_path);
 				break;
 			}
 			copied += st.len_bytes;

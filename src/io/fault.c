@@ -29,6 +29,7 @@ struct fault_state {
 	bool dead;      /* power was cut: everything fails */
 	bool real_sync; /* $VD_FAULT_SYNC=1: FLUSH also fdatasyncs the inner file */
 	uint64_t limit_bytes;
+	uint64_t full_bytes; /* disk full past this file size (0: never) */
 	/* undo data: sector numbers, their old content, and an index */
 	uint64_t *sec;
 	unsigned char *old;
@@ -39,7 +40,6 @@ struct fault_state {
 	uint64_t epoch_size_bytes; /* inner size when the first unflushed write came */
 	/* injected errors: countdown per op kind, 0 = disarmed */
 	uint64_t eio_in[3];
-	uint64_t space_bytes;     /* writes ending past this fail with -ENOSPC; 0 = off */
 	struct fault_state *next; /* registry */
 	struct vd_file *self;
 };
@@ -440,8 +440,8 @@ static int64_t do_req(struct fault_state *s, struct vd_file_req *req)
 	if (s->inner->fd < 0 && req->offset_bytes + req->len_bytes > s->inner->info.size_bytes) {
 		return -ENOSPC;
 	}
-	if (s->space_bytes && req->op != VD_IO_DISCARD &&
-	    req->offset_bytes + req->len_bytes > s->space_bytes) {
+	if (s->full_bytes && req->offset_bytes + req->len_bytes > s->full_bytes &&
+	    req->op != VD_IO_DISCARD) {
 		return -ENOSPC;
 	}
 	ret = save_undo(s, req->offset_bytes, req->len_bytes);
@@ -508,6 +508,26 @@ static int fault_lock(struct vd_file *f, unsigned int perm, unsigned int shared,
 	return vd_file_lock(s->inner, perm, shared, err);
 }
 
+static int fault_prealloc(struct vd_file *f, uint64_t offset_bytes, uint64_t len_bytes)
+{
+	struct fault_state *s = st(f);
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->dead) {
+		ret = -EIO;
+	} else if (s->full_bytes && offset_bytes + len_bytes > s->full_bytes) {
+		ret = -ENOSPC;
+	} else {
+		ret = vd_file_prealloc(s->inner, offset_bytes, len_bytes);
+		if (ret == 0 && offset_bytes + len_bytes > f->info.size_bytes) {
+			f->info.size_bytes = offset_bytes + len_bytes;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
 const struct vd_io_backend vd_fault_backend = {
 	.name = "fault",
 	.file_state_size = sizeof(struct fault_state),
@@ -516,6 +536,7 @@ const struct vd_io_backend vd_fault_backend = {
 	.submit = fault_submit,
 	.resize = fault_resize,
 	.lock = fault_lock,
+	.prealloc = fault_prealloc,
 };
 
 /* ---- test API ---- */
@@ -644,6 +665,20 @@ int vd_fault_inject_eio(struct vd_file *f, enum vd_fault_op op, uint64_t nth)
 	return 0;
 }
 
+int vd_fault_set_full(struct vd_file *f, uint64_t size_bytes)
+{
+	struct fault_state *s;
+
+	if (!vd_fault_is_fault(f)) {
+		return -EINVAL;
+	}
+	s = st(f);
+	pthread_mutex_lock(&s->lock);
+	s->full_bytes = size_bytes;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
 int vd_fault_set_limit(struct vd_file *f, uint64_t limit_bytes)
 {
 	struct fault_state *s;
@@ -654,20 +689,6 @@ int vd_fault_set_limit(struct vd_file *f, uint64_t limit_bytes)
 	s = st(f);
 	pthread_mutex_lock(&s->lock);
 	s->limit_bytes = limit_bytes ? limit_bytes : VD_FAULT_DEFAULT_LIMIT_BYTES;
-	pthread_mutex_unlock(&s->lock);
-	return 0;
-}
-
-int vd_fault_set_space(struct vd_file *f, uint64_t space_bytes)
-{
-	struct fault_state *s;
-
-	if (!vd_fault_is_fault(f)) {
-		return -EINVAL;
-	}
-	s = st(f);
-	pthread_mutex_lock(&s->lock);
-	s->space_bytes = space_bytes;
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -22,6 +22,9 @@
  * model and does not fdatasync the inner file unless $VD_FAULT_SYNC=1
  * (the page cache holds what a reopen reads; tests stay fast).
  *
+ * A full disk is modelled by a size cap (vd_fault_set_full): writes and
+ * preallocation past it fail with -ENOSPC, as on a full filesystem.
+ *
  * Memory is bounded: a write that would need more undo data than the limit
  * (vd_fault_set_limit, $VD_FAULT_LIMIT bytes, default 64 MiB) fails with
  * -ENOSPC and changes nothing.
@@ -77,15 +80,16 @@ int64_t vd_fault_cut_power_all(uint64_t seed, enum vd_fault_cut_mode mode);
  */
 int vd_fault_inject_eio(struct vd_file *f, enum vd_fault_op op, uint64_t nth);
 
+/*
+ * Disk full: the filesystem holds f's inner file up to size_bytes. A
+ * WRITE or WRITE_ZEROES ending past it, or a prealloc (fallocate) that
+ * would, fails with -ENOSPC and changes nothing; inside it everything
+ * works (overwrites, reads, FLUSH). 0: no limit (space returned).
+ */
+int vd_fault_set_full(struct vd_file *f, uint64_t size_bytes);
+
 /* Maximum bytes of undo data (0: the default). */
 int vd_fault_set_limit(struct vd_file *f, uint64_t limit_bytes);
-
-/*
- * A full filesystem: a WRITE or WRITE_ZEROES that ends past space_bytes
- * fails with -ENOSPC and changes nothing (overwrites below it succeed);
- * 0 disarms. Models "no room to grow the file beyond space_bytes".
- */
-int vd_fault_set_space(struct vd_file *f, uint64_t space_bytes);
 
 /* Sectors written since the last completed flush (what a cut may lose). */
 uint64_t vd_fault_unflushed_sectors(struct vd_file *f);

@@ -117,6 +117,14 @@ int vd_file_resize(struct vd_file *f, uint64_t size_bytes)
 	return f->backend->resize(f, size_bytes);
 }
 
+int vd_file_prealloc(struct vd_file *f, uint64_t offset_bytes, uint64_t len_bytes)
+{
+	if (!f->backend->prealloc) {
+		return -EOPNOTSUPP;
+	}
+	return f->backend->prealloc(f, offset_bytes, len_bytes);
+}
+
 static int check_req(const struct vd_file *f, const struct vd_file_req *req)
 {
 	switch (req->op) {
@@ -370,6 +378,23 @@ int vd_fd_resize(struct vd_file *f, uint64_t size_bytes)
 int vd_fd_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err)
 {
 	return vd_lock_fd(f->fd, perm, shared, f->path, err);
+}
+
+int vd_fd_prealloc(struct vd_file *f, uint64_t offset_bytes, uint64_t len_bytes)
+{
+	if (f->info.is_blockdev) {
+		return -EOPNOTSUPP;
+	}
+	if (f->info.readonly) {
+		return -EROFS;
+	}
+	if (offset_bytes > (uint64_t)INT64_MAX || len_bytes > (uint64_t)INT64_MAX - offset_bytes) {
+		return -EINVAL;
+	}
+	if (fallocate(f->fd, 0, (off_t)offset_bytes, (off_t)len_bytes) < 0) {
+		return -errno;
+	}
+	return 0;
 }
 
 int vd_fd_blkdev_range(struct vd_file *f, enum vd_io_op op, uint64_t offset_bytes,

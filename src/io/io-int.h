@@ -49,6 +49,7 @@ int vd_fd_open(struct vd_file *f, const char *path, const struct vd_file_opts *o
 void vd_fd_close(struct vd_file *f);
 int vd_fd_resize(struct vd_file *f, uint64_t size_bytes);
 int vd_fd_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err);
+int vd_fd_prealloc(struct vd_file *f, uint64_t offset_bytes, uint64_t len_bytes);
 /* DISCARD/WRITE_ZEROES on a block device (BLKDISCARD/BLKZEROOUT): 0 or -errno. */
 int vd_fd_blkdev_range(struct vd_file *f, enum vd_io_op op, uint64_t offset_bytes,
 		       uint64_t len_bytes);

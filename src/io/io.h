@@ -108,6 +108,11 @@ struct vd_io_backend {
 	void (*submit)(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req *req);
 	int (*resize)(struct vd_file *f, uint64_t size_bytes); /* optional */
 	/*
+	 * Optional: allocate [offset, offset+len) and extend the file over it
+	 * (fallocate mode 0: never changes data). Any thread.
+	 */
+	int (*prealloc)(struct vd_file *f, uint64_t offset_bytes, uint64_t len_bytes);
+	/*
 	 * Optional, for backends that put SQEs on the ring (see io-int.h): a
 	 * CQE tagged with req arrived (res as the kernel gave it). NULL means
 	 * "complete req with res".
@@ -151,6 +156,12 @@ void vd_file_submit(struct vd_file *f, struct vd_ioctx *ctx, struct vd_file_req 
 int vd_file_lock(struct vd_file *f, unsigned int perm, unsigned int shared, struct vd_err *err);
 /* Change the size (regular files only; -EOPNOTSUPP otherwise). Control thread. */
 int vd_file_resize(struct vd_file *f, uint64_t size_bytes);
+/*
+ * Reserve space: allocate [offset, offset+len) of a regular file, growing
+ * it (data untouched). -EOPNOTSUPP where the backend or the file cannot,
+ * -ENOSPC when the filesystem is full (what was allocated may stay).
+ */
+int vd_file_prealloc(struct vd_file *f, uint64_t offset_bytes, uint64_t len_bytes);
 /*
  * Synchronous helper for control-plane code (creates a temporary ioctx, or
  * uses pread/pwrite when io_uring is unavailable). Any op; buf, len and

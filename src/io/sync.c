@@ -109,4 +109,5 @@ const struct vd_io_backend vd_sync_backend = {
 	.submit = sync_submit,
 	.resize = sync_resize,
 	.lock = vd_fd_lock,
+	.prealloc = vd_fd_prealloc,
 };

@@ -181,5 +181,6 @@ const struct vd_io_backend vd_uring_backend = {
 	.submit = uring_submit,
 	.resize = uring_resize,
 	.lock = vd_fd_lock,
+	.prealloc = vd_fd_prealloc,
 	.cqe = uring_cqe,
 };

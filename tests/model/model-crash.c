@@ -13,6 +13,14 @@
  * IMAGE_CYCLE cuts a new image is made (for vhd/qcow2 every other one has
  * a raw backing file with its own content).
  *
+ * qcow2 also runs out of space: in one cut of three the disk fills at a
+ * random point (the fault backend's cap, anywhere in the file: in-place
+ * metadata writes past it fail too) and empties later. A write or
+ * discard that fails is read back at once: each sector holds its old
+ * content or the new one (that part landed), nothing else. FLUSHes may fail
+ * meanwhile (the model then keeps the log); once space returns the live
+ * image must pass check with no leak and no corruption.
+ *
  * Environment: VD_SEED (base seed, decimal or 0x hex), VD_MODEL_CUTS
  * (number of cuts, default 1000), VD_MODEL_BUDGET (seconds, default 40:
  * a slow machine stops early, saying how many cuts it made), TMPDIR. A failure prints the seed and cut index; the
@@ -27,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/compiler.h"
@@ -57,13 +66,16 @@ struct model {
 	uint64_t rng;
 	uint32_t next_id;
 	uint32_t durable[NSEC];
-	struct logent log[MAX_OPS];
+	struct logent log[MAX_OPS * 4]; /* failed ops may log a few runs */
 	unsigned int nlog;
 	bool has_check;
 	bool discard;
+	bool enospc;           /* the disk fills now and then (qcow2) */
+	struct vd_file *fault; /* the image's fault file while open */
 	unsigned char *buf;
 	/* stats */
 	uint64_t writes, flushes, discards, reverted, repaired;
+	uint64_t enospc_ops, enospc_flushes;
 };
 
 static uint64_t rnd(uint64_t *s)
@@ -235,38 +247,108 @@ static bool acceptable(const struct model *m, uint32_t sector, uint32_t got)
 	return false;
 }
 
-/* One workload + power cut + recovery + verification. 0 ok, -1 failed. */
-static int one_cut(struct model *m, uint64_t seed)
+/*
+ * A write (id) or discard (id 0) of [first, first+n) failed: read it back;
+ * each sector holds what it held or the new content (logged: it landed).
+ */
+static int after_failed_op(struct model *m, struct vd_image_sync *s, uint32_t id, uint32_t first,
+			   uint32_t n)
 {
-	struct vd_image *img = NULL;
-	struct vd_image_sync *s = NULL;
-	struct vd_check_result res;
-	struct vd_image_info info;
-	struct vd_err err = { 0 };
-	unsigned int nops, i;
-	enum vd_fault_cut_mode mode;
-	int64_t r;
-	uint32_t sec;
+	int64_t r = vd_image_sync_io(s, VD_IO_READ, m->buf, (uint64_t)n * SECTOR,
+				     (uint64_t)first * SECTOR);
+	uint32_t j;
 
-	m->rng = seed;
-	if (open_img(m, true, &img, &err) < 0 || vd_image_sync_open(img, &s, &err) < 0) {
-		fprintf(stderr, "model: opening %s: %s\n", m->path, vd_err_msg(&err));
-		vd_image_close(img);
+	if (r < 0) {
+		fprintf(stderr, "model: reading back a failed op: %s\n", strerror((int)-r));
 		return -1;
 	}
-	vd_image_get_info(img, &info);
-	m->discard = info.discard;
-	nops = 1 + (unsigned int)below(&m->rng, MAX_OPS);
+	for (j = 0; j < n; j++) {
+		uint32_t got = decode(m->buf + (size_t)j * SECTOR, first + j);
+
+		if (got == id && !acceptable(m, first + j, got)) {
+			struct logent *e = m->nlog ? &m->log[m->nlog - 1] : NULL;
+
+			if (e && e->id == id && e->first + e->nsec == first + j) {
+				e->nsec++;
+			} else if (m->nlog < VD_ARRAY_SIZE(m->log)) {
+				m->log[m->nlog++] = (struct logent){ id, first + j, 1 };
+			} else {
+				fprintf(stderr, "model: log full\n");
+				return -1;
+			}
+		} else if (!acceptable(m, first + j, got)) {
+			fprintf(stderr, "model: sector %u holds %" PRIu32 " after a failed op\n",
+				first + j, got);
+			return -1;
+		}
+	}
+	m->enospc_ops++;
+	return 0;
+}
+
+/* Fill the disk (cap anywhere in the file) or empty it (then check live). */
+static int set_full(struct model *m, struct vd_image *img, bool full)
+{
+	struct vd_check_result res;
+	struct vd_err err = { 0 };
+	struct stat st;
+	uint64_t cap = 0;
+
+	if (full) {
+		if (stat(m->path, &st) < 0) {
+			return -1;
+		}
+		/* anywhere: past the data, or below the metadata (its write-back fails) */
+		cap = below(&m->rng, (uint64_t)st.st_size + 1);
+		cap = VD_ALIGN_UP(cap, (uint64_t)SECTOR);
+	}
+	if (vd_fault_set_full(m->fault, cap) < 0) {
+		return -1;
+	}
+	if (full) {
+		return 0;
+	}
+	if (vd_image_check(img, false, &res, &err) < 0 || res.corruptions || res.leaks) {
+		fprintf(stderr,
+			"model: space returned, the live image fails check: %" PRIu64
+			" corruptions, %" PRIu64 " leaks (%s)\n",
+			res.corruptions, res.leaks, vd_err_msg(&err));
+		return -1;
+	}
+	return 0;
+}
+
+/* The seeded random ops of one cut on the open image. 0 ok, -1 failed. */
+static int workload(struct model *m, struct vd_image *img, struct vd_image_sync *s)
+{
+	unsigned int nops = 1 + (unsigned int)below(&m->rng, MAX_OPS), i;
+	unsigned int full_at = UINT32_MAX, empty_at = UINT32_MAX;
+	int64_t r;
+
+	m->fault = vd_fault_lookup(m->path);
+	if (m->enospc && m->fault && below(&m->rng, 3) == 0) {
+		full_at = (unsigned int)below(&m->rng, nops);
+		empty_at = full_at + 1 + (unsigned int)below(&m->rng, nops);
+	}
 	for (i = 0; i < nops; i++) {
 		unsigned int kind = (unsigned int)below(&m->rng, 10);
-		uint32_t n = 1 + (uint32_t)below(&m->rng, MAX_WRITE);
-		uint32_t first = (uint32_t)below(&m->rng, NSEC - n + 1);
+		bool full = full_at <= i && i < empty_at;
+		uint32_t n, first;
 
+		if ((i == full_at || i == empty_at) && set_full(m, img, i == full_at) < 0) {
+			return -1;
+		}
+		n = 1 + (uint32_t)below(&m->rng, MAX_WRITE);
+		first = (uint32_t)below(&m->rng, NSEC - n + 1);
 		if (kind < 2) {
 			r = vd_image_sync_io(s, VD_IO_FLUSH, NULL, 0, 0);
+			if (r < 0 && full) {
+				m->enospc_flushes++; /* the log stays: not durable */
+				continue;
+			}
 			if (r < 0) {
 				fprintf(stderr, "model: flush: %s\n", strerror((int)-r));
-				goto fail;
+				return -1;
 			}
 			apply_log(m);
 			m->flushes++;
@@ -285,21 +367,62 @@ static int one_cut(struct model *m, uint64_t seed)
 				m->discard = false;
 				continue;
 			}
+			if (r == -ENOSPC && full) {
+				if (after_failed_op(m, s, 0, first, n) < 0) {
+					return -1;
+				}
+				continue;
+			}
 			if (r < 0) {
 				fprintf(stderr, "model: discard: %s\n", strerror((int)-r));
-				goto fail;
+				return -1;
 			}
 			m->log[m->nlog++] = (struct logent){ 0, first, n };
 			m->discards++;
 			continue;
 		}
 		r = do_write(s, m->buf, m->next_id, first, n);
+		if (r == -ENOSPC && full) {
+			if (after_failed_op(m, s, m->next_id++, first, n) < 0) {
+				return -1;
+			}
+			continue;
+		}
 		if (r < 0) {
 			fprintf(stderr, "model: write: %s\n", strerror((int)-r));
-			goto fail;
+			return -1;
 		}
 		m->log[m->nlog++] = (struct logent){ m->next_id++, first, n };
 		m->writes++;
+	}
+	if (full_at < nops && empty_at >= nops && set_full(m, img, false) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+/* One workload + power cut + recovery + verification. 0 ok, -1 failed. */
+static int one_cut(struct model *m, uint64_t seed)
+{
+	struct vd_image *img = NULL;
+	struct vd_image_sync *s = NULL;
+	struct vd_check_result res;
+	struct vd_image_info info;
+	struct vd_err err = { 0 };
+	enum vd_fault_cut_mode mode;
+	int64_t r;
+	uint32_t sec;
+
+	m->rng = seed;
+	if (open_img(m, true, &img, &err) < 0 || vd_image_sync_open(img, &s, &err) < 0) {
+		fprintf(stderr, "model: opening %s: %s\n", m->path, vd_err_msg(&err));
+		vd_image_close(img);
+		return -1;
+	}
+	vd_image_get_info(img, &info);
+	m->discard = info.discard;
+	if (workload(m, img, s) < 0) {
+		goto fail;
 	}
 	/* power cut, then whatever the driver does on close hits a dead disk */
 	mode = below(&m->rng, 2) ? VD_FAULT_CUT_RANDOM : VD_FAULT_CUT_ALL;
@@ -437,6 +560,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	m.has_check = true;
+	m.enospc = strcmp(m.format, "qcow2") == 0;
 	printf("model %s: seed 0x%" PRIx64 ", %" PRIu64 " cuts\n", m.format, base_seed, cuts);
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	start = (uint64_t)ts.tv_sec;
@@ -482,6 +606,11 @@ int main(int argc, char **argv)
 		       " repairs%s\n",
 		       m.format, cuts, m.writes, m.discards, m.flushes, m.reverted, m.repaired,
 		       m.has_check ? "" : " (no check for this format)");
+		if (m.enospc) {
+			printf("model %s: %" PRIu64 " writes/discards and %" PRIu64
+			       " flushes failed for lack of space\n",
+			       m.format, m.enospc_ops, m.enospc_flushes);
+		}
 	}
 out:
 	unlink(m.path);

@@ -45,6 +45,22 @@
  * evicted, never re-read from the disk until written). A guest FLUSH waits
  * for a job that started after it arrived. Control-thread paths (open,
  * close, resize, check) use the synchronous vd_qcow2_metadata_flush.
+ *
+ * Failures (ENOSPC, EIO) roll back. A cluster belongs to its request from
+ * vd_qcow2_alloc_cluster until its L2 entry is set; if the request fails
+ * first (data write, COW read, its L2 table, the slice), the cluster is
+ * released: refcount back to 0 and the cursor back to it, so a full disk
+ * makes every retry reuse the same clusters instead of walking the file.
+ * Releasing is safe at any time: no L2 entry (on disk or in memory) ever
+ * pointed at it, so a refcount of 1 that reached the disk is a leak the
+ * next write-back repairs. The cluster may hold part of the failed write:
+ * it is no longer fresh (written_end_bytes never moves back). A new L2
+ * table is written before the L1 entry points at it, a new refcount table
+ * before the header does: when that write fails, the allocation of the
+ * table (and its clusters, and the end of the file) is undone. A failed
+ * write-back job marks its snapshot dirty again and fails its waiters (the
+ * guest's FLUSH); the on-disk order above still holds, so the image is
+ * consistent (at worst leaks) and the next job rewrites it all.
  */
 #ifndef VD_QCOW2_INT_H
 #define VD_QCOW2_INT_H
@@ -235,6 +251,11 @@ struct qcow2_state {
 	uint64_t free_cursor;    /* lowest cluster index that may be free */
 	uint64_t file_end_bytes; /* end of the highest allocated cluster (>= file size) */
 	/*
+	 * Past this the file reads as zeroes (the file at open, then every
+	 * cluster allocated since, even if released): only grows.
+	 */
+	uint64_t written_end_bytes;
+	/*
 	 * The file is extended by fallocate ahead of the allocator, so that
 	 * allocating O_DIRECT writes land inside the file (an extending
 	 * O_DIRECT write serialises on the inode in ext4/xfs): the file's
@@ -279,8 +300,9 @@ struct qcow2_req {
 	uint64_t old_entry, old_bitmap;
 	uint64_t region_start, region_end; /* in-cluster byte range written */
 	bool new_host;
-	bool fresh;  /* host_cluster reads as zeroes: no need to write them */
-	bool zeroes; /* DISCARD/WRITE_ZEROES writing zeroes */
+	bool host_owned; /* host_cluster allocated here, not in an L2 entry yet */
+	bool fresh;      /* host_cluster reads as zeroes: no need to write them */
+	bool zeroes;     /* DISCARD/WRITE_ZEROES writing zeroes */
 	uint8_t *bounce;
 	uint8_t *cbuf; /* compressed bytes */
 	struct qcow2_req *alloc_waiters;
@@ -403,6 +425,11 @@ void vd_qcow2_refcount_encode(uint8_t *blk, unsigned int order, uint64_t i, uint
  * reads as zeroes (a hole or fallocated space).
  */
 int64_t vd_qcow2_alloc_cluster(struct vd_image *img, bool *fresh);
+/*
+ * Undo vd_qcow2_alloc_cluster of a cluster that nothing references (its
+ * write or the L2 update failed): refcount 0, reusable at once.
+ */
+void vd_qcow2_release_cluster(struct vd_image *img, uint64_t offset_bytes);
 /* Decrement later, once the L2/L1 change that frees it is durable. */
 int vd_qcow2_free_later(struct vd_image *img, uint64_t offset_bytes, uint64_t len_bytes);
 /*

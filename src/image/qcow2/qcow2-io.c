@@ -242,6 +242,11 @@ static void finish(struct qcow2_req *req)
 	int ret;
 
 	free_bufs(req);
+	if (req->host_owned) {
+		/* failed before its L2 entry: the cluster goes back (qcow2-int.h) */
+		req->host_owned = false;
+		vd_qcow2_release_cluster(req->img, req->host_cluster);
+	}
 	if (req->alloc_cluster != UINT64_MAX) {
 		req->alloc_cluster = UINT64_MAX;
 		alloc_unregister(req);
@@ -677,6 +682,7 @@ static void alloc_start(struct qcow2_req *req, uint64_t gc, uint64_t entry, uint
 			return;
 		}
 		req->host_cluster = (uint64_t)h;
+		req->host_owned = true;
 	}
 	req->chunk_bytes = n;
 	if (!req->zeroes &&
@@ -764,6 +770,7 @@ static int own_l2_table(struct qcow2_req *req, uint64_t gc)
 	}
 	buf = vd_qcow2_alloc_buf(s->cluster_bytes);
 	if (!buf) {
+		vd_qcow2_release_cluster(img, (uint64_t)nt);
 		return -ENOMEM;
 	}
 	ret = old ? vd_qcow2_pread(s, buf, s->cluster_bytes, old) : 0;
@@ -776,6 +783,7 @@ static int own_l2_table(struct qcow2_req *req, uint64_t gc)
 	}
 	free(buf);
 	if (ret < 0) {
+		vd_qcow2_release_cluster(img, (uint64_t)nt);
 		return ret;
 	}
 	s->l1[l1i] = (uint64_t)nt | QCOW2_OFLAG_COPIED;
@@ -839,6 +847,7 @@ static int l2update(struct qcow2_req *req)
 		new_bitmap = req->region_end;
 	}
 	vd_qcow2_entry_set(s, sl, gc, new_entry, new_bitmap);
+	req->host_owned = false;
 	/* what the old entry referenced and the new one does not */
 	if (old_entry & QCOW2_OFLAG_COMPRESSED) {
 		uint64_t off, len;

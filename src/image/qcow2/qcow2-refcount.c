@@ -156,8 +156,9 @@ int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 	free(buf);
 	s->free_cursor = 1;
 	s->file_end_bytes = VD_ALIGN_UP(fsz, s->cluster_bytes);
+	s->written_end_bytes = s->file_end_bytes;
 	s->prealloc_end_bytes = fsz;
-	s->prealloc = s->file->fd >= 0 && !img->readonly;
+	s->prealloc = !img->readonly && !s->file->info.is_blockdev;
 	s->refcounts_loaded = true;
 	return 0;
 }
@@ -221,21 +222,60 @@ void vd_qcow2_reftable_encode(struct qcow2_state *s, uint8_t *buf)
 	}
 }
 
-/* Replace the refcount table by one of at least min_entries, at the end. */
-static int grow_reftable(struct vd_image *img, uint64_t min_entries)
+/* The saved arrays of the refcount table while grow_reftable replaces it. */
+struct rt_old {
+	uint64_t *table;
+	uint8_t **blocks;
+	bool *dirty;
+	uint64_t entries, offset_bytes, end_bytes;
+	uint32_t clusters;
+	bool table_dirty;
+};
+
+/*
+ * The new table could not be written (before the header pointed at it):
+ * back to the old one. Blocks that were there keep their other counts
+ * (and get written again); the ones made for the new table go.
+ */
+static void grow_undo(struct qcow2_state *s, struct rt_old *o, uint64_t first, uint64_t n)
 {
-	struct qcow2_state *s = qcow2_s(img);
+	for (uint64_t c = first; c < first + n; c++) {
+		uint64_t b = c / s->refs_per_block;
+
+		if (b < o->entries && o->blocks[b]) {
+			vd_qcow2_refcount_encode(o->blocks[b], s->refcount_order,
+						 c % s->refs_per_block, 0);
+			o->dirty[b] = true;
+		}
+	}
+	for (uint64_t b = 0; b < s->reftable_entries; b++) {
+		if (s->refblocks[b] && (b >= o->entries || !o->blocks[b])) {
+			free(s->refblocks[b]);
+		}
+	}
+	free(s->reftable);
+	free(s->refblocks);
+	free(s->refblock_dirty);
+	s->reftable = o->table;
+	s->refblocks = o->blocks;
+	s->refblock_dirty = o->dirty;
+	s->reftable_entries = o->entries;
+	s->reftable_offset = o->offset_bytes;
+	s->reftable_clusters = o->clusters;
+	s->file_end_bytes = o->end_bytes;
+	s->reftable_dirty = o->table_dirty;
+	s->refcounts_dirty = true;
+}
+
+/* Entries of a new table placed at cluster e; *T its clusters, *K new blocks. */
+static int grow_size(struct qcow2_state *s, uint64_t min_entries, uint64_t e, uint64_t *entries_out,
+		     uint64_t *T_out, uint64_t *K_out)
+{
 	uint64_t per_cluster = s->cluster_bytes / 8;
-	uint64_t e = s->file_end_bytes / s->cluster_bytes;
 	uint64_t entries = VD_MAX(min_entries, s->reftable_entries * 2), T, K = 0;
-	uint64_t old_off = s->reftable_offset, old_len = s->reftable_entries * 8;
-	uint64_t *nt;
-	uint8_t **nb;
-	bool *nd;
-	int ret;
 
 	for (;;) {
-		uint64_t need = 0, last;
+		uint64_t last;
 
 		entries = VD_ALIGN_UP(entries, per_cluster);
 		T = entries / per_cluster;
@@ -256,11 +296,41 @@ static int grow_reftable(struct vd_image *img, uint64_t min_entries)
 			}
 			K = k;
 		}
-		need = last + 1;
-		if (need <= entries) {
+		if (last + 1 <= entries) {
 			break;
 		}
-		entries = need;
+		entries = last + 1;
+	}
+	*entries_out = entries;
+	*T_out = T;
+	*K_out = K;
+	return 0;
+}
+
+/* Replace the refcount table by one of at least min_entries, at the end. */
+static int grow_reftable(struct vd_image *img, uint64_t min_entries)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	uint64_t e = s->file_end_bytes / s->cluster_bytes, entries, T, K;
+	struct rt_old o = {
+		.table = s->reftable,
+		.blocks = s->refblocks,
+		.dirty = s->refblock_dirty,
+		.entries = s->reftable_entries,
+		.offset_bytes = s->reftable_offset,
+		.end_bytes = s->file_end_bytes,
+		.clusters = s->reftable_clusters,
+		.table_dirty = s->reftable_dirty,
+	};
+	uint64_t old_len = s->reftable_entries * 8, last;
+	uint8_t h[12];
+	uint64_t *nt;
+	uint8_t **nb;
+	bool *nd;
+	int ret = grow_size(s, min_entries, e, &entries, &T, &K);
+
+	if (ret < 0) {
+		return ret;
 	}
 	nt = calloc(entries, sizeof(*nt));
 	nb = calloc(entries, sizeof(*nb));
@@ -274,37 +344,28 @@ static int grow_reftable(struct vd_image *img, uint64_t min_entries)
 	memcpy(nt, s->reftable, s->reftable_entries * sizeof(*nt));
 	memcpy(nb, s->refblocks, s->reftable_entries * sizeof(*nb));
 	memcpy(nd, s->refblock_dirty, s->reftable_entries * sizeof(*nd));
-	{
-		uint64_t j = 0, last = (e + T + K - 1) / s->refs_per_block;
-
-		for (uint64_t b = e / s->refs_per_block; b <= last; b++) {
-			if (!nb[b]) {
-				nb[b] = vd_qcow2_alloc_buf(s->cluster_bytes);
-				if (!nb[b]) {
-					for (uint64_t x = s->reftable_entries; x < entries; x++) {
-						free(nb[x]);
-					}
-					free(nt);
-					free(nb);
-					free(nd);
-					return -ENOMEM;
-				}
-				nt[b] = (e + T + j++) * s->cluster_bytes;
-				nd[b] = true;
-			}
-		}
-	}
-	free(s->reftable);
-	free(s->refblocks);
-	free(s->refblock_dirty);
+	/* the old arrays stay in o until the header points at the new table */
 	s->reftable = nt;
 	s->refblocks = nb;
 	s->refblock_dirty = nd;
 	s->reftable_entries = entries;
+	last = (e + T + K - 1) / s->refs_per_block;
+	for (uint64_t b = e / s->refs_per_block, j = 0; b <= last; b++) {
+		if (!nb[b]) {
+			nb[b] = vd_qcow2_alloc_buf(s->cluster_bytes);
+			if (!nb[b]) {
+				grow_undo(s, &o, e, 0);
+				return -ENOMEM;
+			}
+			nt[b] = (e + T + j++) * s->cluster_bytes;
+			nd[b] = true;
+		}
+	}
 	for (uint64_t c = e; c < e + T + K; c++) {
 		refcount_set(s, c, 1);
 	}
 	s->file_end_bytes = (e + T + K) * s->cluster_bytes;
+	s->written_end_bytes = VD_MAX(s->written_end_bytes, s->file_end_bytes);
 	s->reftable_offset = e * s->cluster_bytes;
 	s->reftable_clusters = (uint32_t)T;
 	/* blocks and new table, flush, then the header points at them */
@@ -313,41 +374,52 @@ static int grow_reftable(struct vd_image *img, uint64_t min_entries)
 		ret = vd_qcow2_fsync(s);
 	}
 	if (ret == 0) {
-		uint8_t h[12];
-
 		qcow2_put_be64(h, s->reftable_offset);
 		qcow2_put_be32(h + 8, s->reftable_clusters);
 		ret = vd_qcow2_write_header_field(s, 48, h, 12);
 	}
-	if (ret == 0) {
-		ret = vd_qcow2_fsync(s);
-	}
 	if (ret < 0) {
-		vd_qcow2_signal_corruption(img, "cannot switch to a new refcount table: %s",
-					   strerror(-ret));
+		/* e.g. ENOSPC: the header still names the old table, all of it valid */
+		grow_undo(s, &o, e, T + K);
 		return ret;
 	}
-	return vd_qcow2_free_later(img, old_off, VD_ALIGN_UP(old_len, s->cluster_bytes));
+	free(o.table);
+	free(o.blocks);
+	free(o.dirty);
+	ret = vd_qcow2_fsync(s);
+	if (ret < 0) {
+		/* either header is consistent; the old table is freed after a later sync */
+		vd_log_ratelimited(VD_LOG_ERR, "qcow2: %s: syncing the new refcount table: %s",
+				   img->path, strerror(-ret));
+	}
+	(void)vd_qcow2_free_later(img, o.offset_bytes, VD_ALIGN_UP(old_len, s->cluster_bytes));
+	return ret;
 }
 
 /*
- * Grow the file with fallocate (mode 0: allocates, extends, never touches
- * data) in steps of VD_QCOW2_PREALLOC_BYTES ahead of a new cluster that
- * ends past it. Best effort: the cluster's write extends the file anyway if
- * this fails, so a refusal only switches it off. A crash leaves the
- * unreferenced tail, which no check counts as a leak; close trims it.
+ * Grow the file with fallocate (vd_file_prealloc: allocates, extends,
+ * never touches data) in steps of VD_QCOW2_PREALLOC_BYTES ahead of a new
+ * cluster that ends past it. Best effort: the cluster's write extends the
+ * file anyway if this fails, so a refusal only switches it off; a full
+ * filesystem (ENOSPC) only skips this step, space may come back. A crash
+ * leaves the unreferenced tail, which no check counts as a leak; close
+ * trims it.
  */
 static void prealloc_ahead(struct qcow2_state *s, uint64_t end_bytes)
 {
 	uint64_t step = VD_MAX((uint64_t)VD_QCOW2_PREALLOC_BYTES, s->cluster_bytes);
 	uint64_t to;
+	int ret;
 
 	if (!s->prealloc || end_bytes <= s->prealloc_end_bytes) {
 		return;
 	}
 	to = VD_ALIGN_UP(end_bytes, step);
-	if (fallocate(s->file->fd, 0, (off_t)s->prealloc_end_bytes,
-		      (off_t)(to - s->prealloc_end_bytes)) < 0) {
+	ret = vd_file_prealloc(s->file, s->prealloc_end_bytes, to - s->prealloc_end_bytes);
+	if (ret == -ENOSPC) {
+		return;
+	}
+	if (ret < 0) {
 		s->prealloc = false;
 		return;
 	}
@@ -387,6 +459,7 @@ int64_t vd_qcow2_alloc_cluster(struct vd_image *img, bool *fresh)
 			s->reftable_dirty = true;
 			refcount_set(s, c, 1); /* the block describes itself */
 			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);
+			s->written_end_bytes = VD_MAX(s->written_end_bytes, s->file_end_bytes);
 			/* the table entry is written with the blocks (write_refblocks) */
 			s->free_cursor = c + 1;
 			continue;
@@ -394,19 +467,34 @@ int64_t vd_qcow2_alloc_cluster(struct vd_image *img, bool *fresh)
 		if (vd_qcow2_refcount_get(s, c) == 0) {
 			if (fresh) {
 				/*
-				 * file_end_bytes only grows (the file at open, then each
-				 * allocation); past it a file has holes or fallocated
-				 * space, a device stale blocks
+				 * written_end_bytes only grows (the file at open, then
+				 * each allocation); past it a file has holes or
+				 * fallocated space, a device stale blocks
 				 */
 				*fresh = !s->file->info.is_blockdev &&
-					 c * s->cluster_bytes >= s->file_end_bytes;
+					 c * s->cluster_bytes >= s->written_end_bytes;
 			}
 			refcount_set(s, c, 1);
 			s->free_cursor = c + 1;
 			s->file_end_bytes = VD_MAX(s->file_end_bytes, (c + 1) * s->cluster_bytes);
+			s->written_end_bytes = VD_MAX(s->written_end_bytes, s->file_end_bytes);
 			prealloc_ahead(s, (c + 1) * s->cluster_bytes);
 			return (int64_t)(c * s->cluster_bytes);
 		}
+	}
+}
+
+void vd_qcow2_release_cluster(struct vd_image *img, uint64_t offset_bytes)
+{
+	struct qcow2_state *s = qcow2_s(img);
+	uint64_t c = offset_bytes >> s->cluster_bits;
+
+	if (!s->refcounts_loaded || vd_qcow2_refcount_get(s, c) != 1) {
+		return; /* not ours to release: leave it (at worst a leak) */
+	}
+	refcount_set(s, c, 0);
+	if (c < s->free_cursor) {
+		s->free_cursor = c;
 	}
 }
 

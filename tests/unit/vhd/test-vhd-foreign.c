@@ -337,17 +337,17 @@ static void test_enospc_rollback(void **state)
 	sync_rw(img, VD_IO_WRITE, buf, 4096, 0); /* block 0 allocated */
 	end0 = s->data_end;
 	/* room for the bitmap and part of the data only, many times over */
-	assert_int_equal(vd_fault_set_space(f, end0 + 4096 + MiB), 0);
+	assert_int_equal(vd_fault_set_full(f, end0 + 4096 + MiB), 0);
 	for (i = 0; i < 20; i++) {
 		assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 64 * 1024, 6 * MiB + 8192), -ENOSPC);
 		expect_rolled_back(p, s, end0, 3);
 	}
 	/* no room even for the footer at the old end's next block */
-	assert_int_equal(vd_fault_set_space(f, end0 + 512), 0);
+	assert_int_equal(vd_fault_set_full(f, end0 + 512), 0);
 	assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 4096, 6 * MiB), -ENOSPC);
 	expect_rolled_back(p, s, end0, 3);
 	/* the BAT write itself fails (bitmap, data, footer, then the BAT) */
-	assert_int_equal(vd_fault_set_space(f, 0), 0);
+	assert_int_equal(vd_fault_set_full(f, 0), 0);
 	assert_int_equal(vd_fault_inject_eio(f, VD_FAULT_WRITE, 4), 0);
 	assert_int_equal(try_rw(img, VD_IO_WRITE, buf, 4096, 6 * MiB), -EIO);
 	expect_rolled_back(p, s, end0, 3);
