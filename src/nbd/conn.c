@@ -169,6 +169,8 @@ static bool req_get_buffer(struct nbd_conn *c, struct nbd_req *r, uint32_t bytes
 	uint32_t p;
 
 	r->npages = 0;
+	r->iov.iov_base = NULL;
+	r->iov.iov_len = 0;
 	if (n == 0) {
 		return true;
 	}
@@ -894,6 +896,15 @@ static bool take_request(struct nbd_conn *c)
 			c->skip = r->len_bytes;
 			c->rx = c->skip != 0 ? RX_SKIP_DATA : RX_REQ_HDR;
 			reply_err(r, err);
+			return true;
+		}
+		if (r->len_bytes == 0) {
+			/*
+			 * No payload to receive: answer at once, as qemu-nbd does
+			 * (success, nothing written). RX_WRITE_DATA would ask recv()
+			 * for 0 bytes, read that as EOF and drop the connection.
+			 */
+			dispatch(c, r);
 			return true;
 		}
 		c->cur = r;

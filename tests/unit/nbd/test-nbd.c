@@ -357,6 +357,47 @@ static void test_hostile_negotiation(void **state)
 	env_close(&e);
 }
 
+/*
+ * Zero-length requests succeed with no data, as qemu-nbd answers them; a
+ * zero-length WRITE used to drop the connection without a reply (recv of
+ * 0 bytes taken for EOF) after a memcpy to a NULL buffer.
+ */
+static void test_zero_length(void **state)
+{
+	static const uint16_t types[] = { NBD_CMD_WRITE, NBD_CMD_READ, NBD_CMD_TRIM,
+					  NBD_CMD_WRITE_ZEROES, NBD_CMD_WRITE };
+	struct env e;
+	uint8_t h[20], back[512];
+
+	(void)state;
+	env_open(&e, false);
+	handshake(&e, false);
+	for (unsigned int i = 0; i < VD_ARRAY_SIZE(types); i++) {
+		request(&e, types[i], i == 4 ? NBD_CMD_FLAG_FUA : 0, 100 + i, 4096, 0);
+		assert_int_equal(simple(&e, 100 + i), 0);
+	}
+	/* past the end, even with no data: an error, the connection lives */
+	request(&e, NBD_CMD_WRITE, 0, 110, DISK + 4096, 0);
+	assert_int_equal(simple(&e, 110), NBD_ENOSPC);
+	request(&e, NBD_CMD_READ, 0, 111, 0, sizeof(back));
+	assert_int_equal(simple(&e, 111), 0);
+	assert_true(crecv(&e, back, sizeof(back)));
+	env_close(&e);
+
+	/* structured: a zero-length READ is one NONE chunk */
+	env_open(&e, false);
+	handshake(&e, true);
+	request(&e, NBD_CMD_WRITE, 0, 120, 0, 0);
+	assert_int_equal(simple(&e, 120), 0);
+	request(&e, NBD_CMD_READ, 0, 121, 0, 0);
+	assert_true(crecv(&e, h, 20));
+	assert_int_equal(nbd_get32(h), NBD_MAGIC_STRUCT_REPLY);
+	assert_int_equal(nbd_get16(h + 4), NBD_REPLY_FLAG_DONE);
+	assert_int_equal(nbd_get16(h + 6), NBD_REPLY_TYPE_NONE);
+	assert_int_equal(nbd_get32(h + 16), 0);
+	env_close(&e);
+}
+
 /* The client vanishes with writes in flight: no leak, no crash (ASan). */
 static void test_vanish_in_flight(void **state)
 {
@@ -478,6 +519,7 @@ int main(void)
 		cmocka_unit_test(test_session_structured),
 		cmocka_unit_test(test_hostile_negotiation),
 		cmocka_unit_test(test_vanish_in_flight),
+		cmocka_unit_test(test_zero_length),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
