@@ -7,6 +7,9 @@
  * qcow2/vhd), listens, and then waits in one poll() on the listening socket
  * and a signalfd. SIGINT/SIGTERM: stop accepting, close the connections
  * once their I/O is done, stop the threads, close the image, exit 0.
+ *
+ * Listening: a UNIX socket (mode 0600) unless --port asks for TCP, which
+ * binds 127.0.0.1 unless --bind says otherwise (see default_socket()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -29,7 +33,6 @@
 
 #define EXIT_USAGE  2
 #define MAX_THREADS 16
-#define DEF_PORT    10809
 #define SERVE_NBD_USAGE                                                                     \
 	"usage: vdisk serve-nbd IMAGE [-f|--format FMT] [--socket PATH | --port N "         \
 	"[--bind ADDR]]\n"                                                                  \
@@ -152,6 +155,38 @@ static int usage(const char *why)
 	return EXIT_USAGE;
 }
 
+/*
+ * Without --socket or --port: a UNIX socket, mode 0600, in a directory of
+ * ours (mode 0700): $VDISK_RUN_DIR, else /run/vdisk for root, else
+ * $XDG_RUNTIME_DIR/vdisk. TCP, which anyone on the host (or the network)
+ * may reach, is only ever an explicit --port.
+ */
+static int default_socket(char *buf, size_t cap)
+{
+	const char *dir = getenv("VDISK_RUN_DIR");
+	char sub[80];
+
+	if (dir == NULL || dir[0] == '\0') {
+		const char *xdg = getenv("XDG_RUNTIME_DIR");
+
+		if (getuid() == 0) {
+			dir = "/run/vdisk";
+		} else if (xdg != NULL && xdg[0] == '/' &&
+			   (size_t)snprintf(sub, sizeof(sub), "%s/vdisk", xdg) < sizeof(sub)) {
+			dir = sub;
+		} else {
+			return -ENOENT;
+		}
+	}
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		return -errno;
+	}
+	if ((size_t)snprintf(buf, cap, "%s/serve-nbd-%ld.sock", dir, (long)getpid()) >= cap) {
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
 static bool got_stop_signal(int sfd)
 {
 	struct signalfd_siginfo si;
@@ -191,7 +226,8 @@ int vd_cli_serve_nbd(int argc, char **argv)
 	const char *sock = NULL, *bind_addr = "127.0.0.1", *image;
 	unsigned long port = 0, nthreads = 1, v;
 	unsigned int started = 0;
-	bool have_port = false;
+	bool have_port = false, have_bind = false;
+	char defsock[108];
 	sigset_t set, old;
 	int sfd = -1, rc = 1, c, ret;
 
@@ -213,6 +249,7 @@ int vd_cli_serve_nbd(int argc, char **argv)
 			break;
 		case OPT_BIND:
 			bind_addr = optarg;
+			have_bind = true;
 			break;
 		case OPT_READONLY:
 			io.readonly = true;
@@ -266,8 +303,15 @@ int vd_cli_serve_nbd(int argc, char **argv)
 	if (sock != NULL && have_port) {
 		return usage("--socket and --port exclude each other");
 	}
+	if (have_bind && !have_port) {
+		return usage("--bind needs --port");
+	}
 	if (sock == NULL && !have_port) {
-		port = DEF_PORT;
+		if (default_socket(defsock, sizeof(defsock)) < 0) {
+			return usage("no --socket and no run directory ($VDISK_RUN_DIR, "
+				     "$XDG_RUNTIME_DIR): give --socket PATH or --port N");
+		}
+		sock = defsock;
 	}
 	image = argv[optind];
 

@@ -151,11 +151,41 @@ static int listen_fd_common(struct vd_nbd_server *s, int fd, struct vd_err *err,
 	return 0;
 }
 
+/*
+ * Only a socket nobody listens on is replaced: never a file (a mistyped
+ * --socket naming the image would delete it), never a live server's.
+ */
+static int clear_stale_socket(const struct sockaddr_un *sa, const char *path, struct vd_err *err)
+{
+	struct stat st;
+	int fd, r;
+
+	if (lstat(path, &st) < 0) {
+		return errno == ENOENT ? 0 : vd_err_set(err, errno, "%s", path);
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		return vd_err_set(err, EEXIST, "%s exists and is not a socket", path);
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		return vd_err_set(err, errno, "socket");
+	}
+	r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	close(fd);
+	if (r == 0 || errno == EAGAIN) {
+		return vd_err_set(err, EADDRINUSE, "a server is listening on %s", path);
+	}
+	if (unlink(path) < 0 && errno != ENOENT) {
+		return vd_err_set(err, errno, "removing the stale socket %s", path);
+	}
+	return 0;
+}
+
 int vd_nbd_server_listen_unix(struct vd_nbd_server *s, const char *path, struct vd_err *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	size_t len = strlen(path);
-	int fd;
+	int fd, ret;
 
 	if (s->listen_fd >= 0 || s->nr_threads == 0) {
 		return vd_err_set(err, EINVAL, "already listening, or no serving thread");
@@ -164,11 +194,18 @@ int vd_nbd_server_listen_unix(struct vd_nbd_server *s, const char *path, struct 
 		return vd_err_set(err, ENAMETOOLONG, "socket path %s is too long", path);
 	}
 	memcpy(sa.sun_path, path, len + 1);
+	ret = clear_stale_socket(&sa, path, err);
+	if (ret < 0) {
+		return ret;
+	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		return vd_err_set(err, errno, "socket");
 	}
-	(void)unlink(path); /* a stale socket of an earlier server */
+	/*
+	 * bind() creates the node with the umask's mode; nobody can connect
+	 * before listen() (ECONNREFUSED), and chmod comes first: no window.
+	 */
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0600) < 0) {
 		int e = errno;
 
