@@ -38,7 +38,8 @@
 	"[--bind ADDR]]\n"                                                                  \
 	"                        [--readonly] [--export NAME] [--description TEXT]\n"       \
 	"                        [--threads N] [--cache direct|writeback] [--io BACKEND]\n" \
-	"                        [--max-conns N] [--handshake-timeout SECONDS]\n"
+	"                        [--max-conns N] [--max-per-peer N]\n"                      \
+	"                        [--handshake-timeout SECONDS] [--idle-timeout SECONDS]\n"
 
 enum {
 	OPT_SOCKET = 256,
@@ -52,6 +53,8 @@ enum {
 	OPT_IO,
 	OPT_MAX_CONNS,
 	OPT_HANDSHAKE,
+	OPT_IDLE,
+	OPT_PER_PEER,
 };
 
 struct serve_thread {
@@ -214,6 +217,8 @@ int vd_cli_serve_nbd(int argc, char **argv)
 		{ "io", required_argument, NULL, OPT_IO },
 		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+		{ "idle-timeout", required_argument, NULL, OPT_IDLE },
+		{ "max-per-peer", required_argument, NULL, OPT_PER_PEER },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -289,6 +294,18 @@ int vd_cli_serve_nbd(int argc, char **argv)
 				return usage("--handshake-timeout: 1..3600 seconds");
 			}
 			cfg.handshake_ms = (uint32_t)v * 1000;
+			break;
+		case OPT_IDLE:
+			if (parse_uint(optarg, 86400, &v) < 0) {
+				return usage("--idle-timeout: 0 (never) .. 86400 seconds");
+			}
+			cfg.idle_ms = v == 0 ? VD_NBD_IDLE_NEVER : (uint32_t)v * 1000;
+			break;
+		case OPT_PER_PEER:
+			if (parse_uint(optarg, 4096, &v) < 0 || v == 0) {
+				return usage("--max-per-peer: 1..4096");
+			}
+			cfg.max_per_peer = (unsigned int)v;
 			break;
 		case 'h':
 			(void)fputs(SERVE_NBD_USAGE, stdout);

@@ -22,7 +22,8 @@
  * meanwhile).
  *
  * Death. A failed socket, a protocol violation, a negotiation that outlives
- * its deadline (a per-thread timerfd sweeps them) or the server stopping
+ * its deadline, a connection idle too long (a per-thread timerfd sweeps
+ * them, once a second while there is something to watch) or the server stopping
  * kills the connection: sockets closed at once, requests not in flight
  * released; the struct is freed when the last in-flight request, the kick
  * and the callback on the stack (busy) are done.
@@ -82,6 +83,8 @@ struct nbd_conn {
 	bool dead, ep_added, out_armed;
 	bool transmission, structured, no_zeroes, meta_alloc;
 	uint64_t deadline_ns; /* to be in transmission by then */
+	uint64_t active_ns;   /* last byte received or sent */
+	struct nbd_peer peer; /* counted for the per-peer limit */
 	bool close_after_tx;  /* ABORT answered, or DISC: close once all is sent */
 	bool rx_wait;         /* input stopped for want of a resource */
 	enum rx_state rx;
@@ -268,6 +271,7 @@ static struct nbd_req *req_get(struct nbd_conn *c)
 static void maybe_free(struct nbd_conn *c)
 {
 	struct vd_nbd_server *s = c->s;
+	struct nbd_peer peer = c->peer;
 	struct nbd_conn **pc;
 
 	if (!c->dead || c->inflight != 0 || c->kick_pending || c->busy != 0) {
@@ -286,7 +290,7 @@ static void maybe_free(struct nbd_conn *c)
 	free(c->ctx_mem);
 	free(c->reqs);
 	free(c);
-	vd_nbd_server_conn_freed(s);
+	vd_nbd_server_conn_freed(s, &peer);
 }
 
 static void conn_kill(struct nbd_conn *c, const char *why)
@@ -396,6 +400,9 @@ static bool send_bytes(struct nbd_conn *c, struct iovec *iov, int cnt, size_t *s
 		return false;
 	}
 	*sent = (size_t)n;
+	if (n > 0) {
+		c->active_ns = vd_now_ns();
+	}
 	return true;
 }
 
@@ -1255,6 +1262,7 @@ static ssize_t rx_recv(struct nbd_conn *c, void *dst, size_t len)
 		n = recv(c->fd, dst, len, MSG_DONTWAIT);
 	} while (n < 0 && errno == EINTR);
 	if (n > 0) {
+		c->active_ns = vd_now_ns();
 		return n;
 	}
 	if (n == 0) {
@@ -1332,7 +1340,7 @@ static void on_readable(void *arg, int revents)
 	leave(c);
 }
 
-/* ---- handshake deadlines ---- */
+/* ---- deadlines: negotiation, idleness ---- */
 
 static void timer_set(struct nbd_thread *t, bool on)
 {
@@ -1354,24 +1362,33 @@ static void on_timer(void *arg, int revents)
 {
 	struct nbd_thread *t = arg;
 	uint64_t now = vd_now_ns(), ticks;
+	uint64_t idle_ns = t->srv->idle_ns;
 	struct nbd_conn *c, *next;
-	bool negotiating = false;
+	bool watching = false;
 
 	(void)revents;
 	while (read(t->tfd, &ticks, sizeof(ticks)) == (ssize_t)sizeof(ticks)) {
 	}
 	for (c = t->conns; c != NULL; c = next) {
 		next = c->next; /* conn_kill may free c */
-		if (c->dead || c->transmission) {
+		if (c->dead) {
 			continue;
 		}
-		if (now >= c->deadline_ns) {
-			conn_kill(c, "negotiation timeout");
-		} else {
-			negotiating = true;
+		if (!c->transmission) {
+			if (now >= c->deadline_ns) {
+				conn_kill(c, "negotiation timeout");
+				continue;
+			}
+		} else if (idle_ns == 0) {
+			continue;
+		} else if (c->inflight == 0 && now - c->active_ns >= idle_ns) {
+			/* nothing in flight, nothing received or sent: idle or not reading */
+			conn_kill(c, "idle timeout");
+			continue;
 		}
+		watching = true;
 	}
-	timer_set(t, negotiating);
+	timer_set(t, watching);
 }
 
 /* On the serving thread, at its first connection. Without it: no deadline. */
@@ -1390,7 +1407,7 @@ static void timer_init(struct nbd_thread *t)
 
 /* ---- lifecycle ---- */
 
-void vd_nbd_conn_start(struct nbd_thread *t, int fd)
+void vd_nbd_conn_start(struct nbd_thread *t, int fd, const struct nbd_peer *peer)
 {
 	struct vd_nbd_server *s = t->srv;
 	struct nbd_conn *c = calloc(1, sizeof(*c));
@@ -1404,6 +1421,9 @@ void vd_nbd_conn_start(struct nbd_thread *t, int fd)
 	c->s = s;
 	c->fd = fd;
 	c->epfd = -1;
+	if (peer != NULL) {
+		c->peer = *peer;
+	}
 	/* the largest request, plus the sectors around an unaligned READ */
 	c->arena_pages = s->max_block_bytes / PAGE + 2;
 	pm_words = VD_DIV_ROUND_UP(c->arena_pages, 64u);
@@ -1444,7 +1464,8 @@ void vd_nbd_conn_start(struct nbd_thread *t, int fd)
 	}
 	c->next = t->conns;
 	t->conns = c;
-	c->deadline_ns = vd_now_ns() + s->handshake_ns;
+	c->active_ns = vd_now_ns();
+	c->deadline_ns = c->active_ns + s->handshake_ns;
 	timer_init(t);
 	timer_set(t, true);
 	nbd_put64(g, NBD_MAGIC_INIT);
@@ -1471,7 +1492,7 @@ err_free:
 err_close:
 	vd_log_ratelimited(VD_LOG_WARN, "nbd: out of memory for a new connection");
 	close(fd);
-	vd_nbd_server_conn_freed(s);
+	vd_nbd_server_conn_freed(s, peer);
 }
 
 void vd_nbd_thread_kill_all(struct nbd_thread *t)

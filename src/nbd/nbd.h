@@ -15,7 +15,8 @@
  * threads) and `bind`, called on it, yields its ioctx and image queue.
  *
  * Untrusted clients: every length is bounded (options, names, requests,
- * write payloads), connections are bounded (max_conns), and so are the
+ * write payloads), connections are bounded (max_conns, max_per_peer, and
+ * the negotiation and idle timeouts free the slots), and so are the
  * requests in flight per connection (the socket is not read while a
  * connection is at its limit). A client vanishing mid-request leaves its
  * I/O to complete into the dead connection, freed with its last request.
@@ -35,6 +36,9 @@
 #define VD_NBD_PREF_BLOCK       4096u
 #define VD_NBD_MAX_NAME         4096u  /* export names, descriptions, queries */
 #define VD_NBD_DEF_HANDSHAKE_MS 10000u /* to reach the transmission phase */
+#define VD_NBD_DEF_IDLE_MS      60000u /* in transmission, with nothing happening */
+#define VD_NBD_IDLE_NEVER       UINT32_MAX
+#define VD_NBD_DEF_MAX_PER_PEER 16u
 
 struct vd_nbd_server;
 
@@ -52,6 +56,20 @@ struct vd_nbd_config {
 	 * only while some connection negotiates).
 	 */
 	uint32_t handshake_ms;
+	/*
+	 * A connection in transmission with no request in flight that has
+	 * received and sent nothing for this long is closed (a client that
+	 * stopped reading its replies included). 0: VD_NBD_DEF_IDLE_MS;
+	 * VD_NBD_IDLE_NEVER: never (the kernel client, nbdfuse).
+	 */
+	uint32_t idle_ms;
+	/*
+	 * Connections one peer may hold: a UNIX socket's peer is its uid
+	 * (SO_PEERCRED), a TCP peer its IP address. Beyond it, the new
+	 * connection is closed at accept, so one peer cannot take every slot.
+	 * 0: VD_NBD_DEF_MAX_PER_PEER (at most max_conns).
+	 */
+	unsigned int max_per_peer;
 };
 
 struct vd_nbd_thread_ops {

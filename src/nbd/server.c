@@ -75,6 +75,19 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 	s->handshake_ns =
 		(uint64_t)(cfg->handshake_ms != 0 ? cfg->handshake_ms : VD_NBD_DEF_HANDSHAKE_MS) *
 		1000000ull;
+	s->idle_ns = cfg->idle_ms == VD_NBD_IDLE_NEVER
+			     ? 0
+			     : (uint64_t)(cfg->idle_ms != 0 ? cfg->idle_ms : VD_NBD_DEF_IDLE_MS) *
+				       1000000ull;
+	s->max_per_peer = cfg->max_per_peer != 0 ? cfg->max_per_peer : VD_NBD_DEF_MAX_PER_PEER;
+	s->max_per_peer = VD_MIN(s->max_per_peer, s->max_conns);
+	s->peers = calloc(s->max_conns, sizeof(*s->peers));
+	if (s->peers == NULL) {
+		free(s->export_name);
+		free(s->description);
+		free(s);
+		return vd_err_set(err, ENOMEM, "nbd server");
+	}
 	s->io_ctx_bytes = vd_image_io_ctx_size(img);
 	/*
 	 * One shared vd_image and vd_file behind every connection, and FLUSH is
@@ -267,9 +280,33 @@ unsigned int vd_nbd_server_conns(struct vd_nbd_server *s)
 	return n;
 }
 
-void vd_nbd_server_conn_freed(struct vd_nbd_server *s)
+/* Under s->lock: the entry counting peer, or a free one (NULL if none). */
+static struct nbd_peer_count *peer_find(struct vd_nbd_server *s, const struct nbd_peer *p)
+{
+	struct nbd_peer_count *free_entry = NULL;
+
+	for (unsigned int i = 0; i < s->max_conns; i++) {
+		struct nbd_peer_count *e = &s->peers[i];
+
+		if (e->conns == 0) {
+			free_entry = free_entry != NULL ? free_entry : e;
+		} else if (e->peer.len == p->len && memcmp(e->peer.key, p->key, p->len) == 0) {
+			return e;
+		}
+	}
+	return free_entry;
+}
+
+void vd_nbd_server_conn_freed(struct vd_nbd_server *s, const struct nbd_peer *peer)
 {
 	pthread_mutex_lock(&s->lock);
+	if (peer != NULL && peer->len != 0) {
+		struct nbd_peer_count *e = peer_find(s, peer);
+
+		if (e != NULL && e->conns != 0) {
+			e->conns--;
+		}
+	}
 	s->nr_conns--;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
@@ -292,6 +329,7 @@ static int send_retry(struct nbd_thread *t, void (*fn)(void *), void *arg)
 struct start_msg {
 	struct nbd_thread *t;
 	int fd;
+	struct nbd_peer peer;
 };
 
 static void bind_thread(struct nbd_thread *t)
@@ -307,59 +345,129 @@ static void start_on_thread(void *arg)
 	struct start_msg *m = arg;
 	struct nbd_thread *t = m->t;
 	int fd = m->fd;
+	struct nbd_peer peer = m->peer;
 
 	free(m);
 	bind_thread(t);
 	if (__atomic_load_n(&t->srv->stopping, __ATOMIC_ACQUIRE) || t->ioctx == NULL ||
 	    t->iq == NULL) {
 		close(fd);
-		vd_nbd_server_conn_freed(t->srv);
+		vd_nbd_server_conn_freed(t->srv, &peer);
 		return;
 	}
-	vd_nbd_conn_start(t, fd);
+	vd_nbd_conn_start(t, fd, &peer);
+}
+
+/* The peer of an accepted socket: uid on UNIX sockets, else the IP address. */
+static void peer_of(int fd, const struct sockaddr_storage *ss, struct nbd_peer *p)
+{
+	memset(p, 0, sizeof(*p));
+	if (ss->ss_family == AF_UNIX) {
+		struct ucred uc;
+		socklen_t len = sizeof(uc);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) == 0) {
+			p->key[0] = 'u';
+			memcpy(p->key + 1, &uc.uid, sizeof(uc.uid));
+			p->len = 1 + sizeof(uc.uid);
+		}
+	} else if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+
+		p->key[0] = '4';
+		memcpy(p->key + 1, &in->sin_addr, 4);
+		p->len = 5;
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+			p->key[0] = '4';
+			memcpy(p->key + 1, in6->sin6_addr.s6_addr + 12, 4);
+			p->len = 5;
+		} else {
+			p->key[0] = '6';
+			memcpy(p->key + 1, &in6->sin6_addr, 16);
+			p->len = 17;
+		}
+	}
+}
+
+/* Under s->lock: count a new connection of peer, or say why not. */
+static const char *conn_admit(struct vd_nbd_server *s, const struct nbd_peer *peer)
+{
+	struct nbd_peer_count *e = NULL;
+
+	if (s->stopping) {
+		return "stopping";
+	}
+	if (s->nr_conns >= s->max_conns) {
+		return "too many connections";
+	}
+	if (peer->len != 0) {
+		e = peer_find(s, peer);
+		if (e == NULL || e->conns >= s->max_per_peer) {
+			return "too many connections from one peer";
+		}
+		if (e->conns == 0) {
+			e->peer = *peer;
+		}
+		e->conns++;
+	}
+	s->nr_conns++;
+	return NULL;
 }
 
 void vd_nbd_server_accept(struct vd_nbd_server *s)
 {
 	for (;;) {
+		struct sockaddr_storage ss = { 0 };
+		socklen_t sslen = sizeof(ss);
+		struct nbd_peer peer;
 		struct start_msg *m;
 		struct nbd_thread *t;
+		const char *why;
 		int fd, one = 1;
 
 		if (s->listen_fd < 0) {
 			return;
 		}
-		fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &sslen,
+			     SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 				vd_log_ratelimited(VD_LOG_WARN, "nbd: accept: %s", strerror(errno));
 			}
 			return;
 		}
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (ss.ss_family != AF_UNIX) {
+			(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		}
+		peer_of(fd, &ss, &peer);
 		pthread_mutex_lock(&s->lock);
-		if (s->nr_conns >= s->max_conns || s->stopping) {
-			pthread_mutex_unlock(&s->lock);
-			vd_log_ratelimited(VD_LOG_WARN, "nbd: connection refused: %u connections",
-					   s->max_conns);
+		why = conn_admit(s, &peer);
+		pthread_mutex_unlock(&s->lock);
+		if (why != NULL) {
+			vd_log_ratelimited(VD_LOG_WARN,
+					   "nbd: connection refused: %s (at most %u, %u "
+					   "per peer)",
+					   why, s->max_conns, s->max_per_peer);
 			close(fd);
 			continue;
 		}
-		s->nr_conns++;
-		pthread_mutex_unlock(&s->lock);
 		m = malloc(sizeof(*m));
 		t = &s->threads[s->next_thread++ % s->nr_threads];
 		if (m == NULL) {
 			close(fd);
-			vd_nbd_server_conn_freed(s);
+			vd_nbd_server_conn_freed(s, &peer);
 			continue;
 		}
 		m->t = t;
 		m->fd = fd;
+		m->peer = peer;
 		if (send_retry(t, start_on_thread, m) < 0) {
 			free(m);
 			close(fd);
-			vd_nbd_server_conn_freed(s);
+			vd_nbd_server_conn_freed(s, &peer);
 		}
 	}
 }
@@ -370,7 +478,7 @@ static void kill_on_thread(void *arg)
 
 	bind_thread(t);
 	vd_nbd_thread_kill_all(t);
-	vd_nbd_server_conn_freed(t->srv); /* the message's own count */
+	vd_nbd_server_conn_freed(t->srv, NULL); /* the message's own count */
 }
 
 void vd_nbd_server_stop(struct vd_nbd_server *s)
@@ -396,7 +504,7 @@ void vd_nbd_server_stop(struct vd_nbd_server *s)
 		pthread_mutex_unlock(&s->lock);
 		if (send_retry(&s->threads[i], kill_on_thread, &s->threads[i]) < 0) {
 			vd_log(VD_LOG_ERR, "nbd: serving thread %u does not answer", i);
-			vd_nbd_server_conn_freed(s);
+			vd_nbd_server_conn_freed(s, NULL);
 		}
 	}
 	pthread_mutex_lock(&s->lock);
@@ -414,6 +522,7 @@ void vd_nbd_server_destroy(struct vd_nbd_server *s)
 	vd_nbd_server_stop(s);
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
+	free(s->peers);
 	free(s->export_name);
 	free(s->description);
 	free(s);

@@ -62,7 +62,7 @@ static void env_open(struct env *e, bool readonly)
 	e->srv->threads[0].ioctx = e->ioctx;
 	e->srv->threads[0].iq = e->iq;
 	e->srv->threads[0].bound = true;
-	vd_nbd_conn_start(&e->srv->threads[0], sv[1]);
+	vd_nbd_conn_start(&e->srv->threads[0], sv[1], NULL);
 }
 
 static void env_close(struct env *e)
