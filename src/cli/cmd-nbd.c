@@ -39,7 +39,9 @@
 	"                        [--readonly] [--export NAME] [--description TEXT]\n"       \
 	"                        [--threads N] [--cache direct|writeback] [--io BACKEND]\n" \
 	"                        [--max-conns N] [--max-per-peer N]\n"                      \
-	"                        [--handshake-timeout SECONDS] [--idle-timeout SECONDS]\n"
+	"                        [--handshake-timeout SECONDS] [--idle-timeout SECONDS]\n"  \
+	"                        [--tls x509 --tls-certs DIR | --tls psk --tls-psk FILE]\n" \
+	"                        [--tls-required]\n"
 
 enum {
 	OPT_SOCKET = 256,
@@ -55,6 +57,10 @@ enum {
 	OPT_HANDSHAKE,
 	OPT_IDLE,
 	OPT_PER_PEER,
+	OPT_TLS,
+	OPT_TLS_CERTS,
+	OPT_TLS_PSK,
+	OPT_TLS_REQUIRED,
 };
 
 struct serve_thread {
@@ -190,6 +196,19 @@ static int default_socket(char *buf, size_t cap)
 	return 0;
 }
 
+/* TCP beyond loopback without required TLS: say what that means. */
+static void tls_note(const struct vd_nbd_config *cfg, const char *tcp_addr)
+{
+	if (tcp_addr == NULL || cfg->tls_required || strcmp(tcp_addr, "127.0.0.1") == 0 ||
+	    strcmp(tcp_addr, "::1") == 0 || strcmp(tcp_addr, "localhost") == 0) {
+		return;
+	}
+	fprintf(stderr,
+		"vdisk serve-nbd: warning: listening on %s without --tls-required: anyone who "
+		"reaches it can read%s the image in the clear\n",
+		tcp_addr, cfg->readonly ? "" : " and write");
+}
+
 static bool got_stop_signal(int sfd)
 {
 	struct signalfd_siginfo si;
@@ -219,6 +238,10 @@ int vd_cli_serve_nbd(int argc, char **argv)
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
 		{ "idle-timeout", required_argument, NULL, OPT_IDLE },
 		{ "max-per-peer", required_argument, NULL, OPT_PER_PEER },
+		{ "tls", required_argument, NULL, OPT_TLS },
+		{ "tls-certs", required_argument, NULL, OPT_TLS_CERTS },
+		{ "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+		{ "tls-required", no_argument, NULL, OPT_TLS_REQUIRED },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -307,6 +330,24 @@ int vd_cli_serve_nbd(int argc, char **argv)
 			}
 			cfg.max_per_peer = (unsigned int)v;
 			break;
+		case OPT_TLS:
+			if (strcmp(optarg, "x509") == 0) {
+				cfg.tls = VD_NBD_TLS_X509;
+			} else if (strcmp(optarg, "psk") == 0) {
+				cfg.tls = VD_NBD_TLS_PSK;
+			} else {
+				return usage("--tls: x509 or psk");
+			}
+			break;
+		case OPT_TLS_CERTS:
+			cfg.tls_certs_dir = optarg;
+			break;
+		case OPT_TLS_PSK:
+			cfg.tls_psk_file = optarg;
+			break;
+		case OPT_TLS_REQUIRED:
+			cfg.tls_required = true;
+			break;
 		case 'h':
 			(void)fputs(SERVE_NBD_USAGE, stdout);
 			return 0;
@@ -322,6 +363,12 @@ int vd_cli_serve_nbd(int argc, char **argv)
 	}
 	if (have_bind && !have_port) {
 		return usage("--bind needs --port");
+	}
+	if ((cfg.tls == VD_NBD_TLS_X509) != (cfg.tls_certs_dir != NULL) ||
+	    (cfg.tls == VD_NBD_TLS_PSK) != (cfg.tls_psk_file != NULL) ||
+	    (cfg.tls_required && cfg.tls == VD_NBD_TLS_OFF)) {
+		return usage("--tls x509 goes with --tls-certs, --tls psk with --tls-psk; "
+			     "--tls-required needs --tls");
 	}
 	if (sock == NULL && !have_port) {
 		if (default_socket(defsock, sizeof(defsock)) < 0) {
@@ -388,12 +435,15 @@ int vd_cli_serve_nbd(int argc, char **argv)
 		fprintf(stderr, "vdisk serve-nbd: %s\n", vd_err_msg(&err));
 		goto out_threads;
 	}
+	tls_note(&cfg, sock == NULL ? bind_addr : NULL);
 	if (sock != NULL) {
-		printf("serving %s on unix:%s (nbd+unix:///%s?socket=%s)\n", image, sock,
-		       cfg.export_name != NULL ? cfg.export_name : "", sock);
+		printf("serving %s on unix:%s (nbd%s+unix:///%s?socket=%s)\n", image, sock,
+		       cfg.tls_required ? "s" : "", cfg.export_name != NULL ? cfg.export_name : "",
+		       sock);
 	} else {
-		printf("serving %s on %s:%lu (nbd://%s:%lu/%s)\n", image, bind_addr, port,
-		       bind_addr, port, cfg.export_name != NULL ? cfg.export_name : "");
+		printf("serving %s on %s:%lu (nbd%s://%s:%lu/%s)\n", image, bind_addr, port,
+		       cfg.tls_required ? "s" : "", bind_addr, port,
+		       cfg.export_name != NULL ? cfg.export_name : "");
 	}
 	(void)fflush(stdout);
 

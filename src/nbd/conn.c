@@ -54,6 +54,7 @@ enum rx_state {
 	RX_REQ_HDR,    /* request header */
 	RX_WRITE_DATA, /* write payload into c->cur's buffer */
 	RX_SKIP_DATA,  /* payload of a refused write, discarded */
+	RX_TLS,        /* STARTTLS answered: the TLS handshake */
 	RX_STOP,       /* nothing more is read (DISC, ABORT) */
 };
 
@@ -82,11 +83,13 @@ struct nbd_conn {
 	int fd, epfd;
 	bool dead, ep_added, out_armed;
 	bool transmission, structured, no_zeroes, meta_alloc;
-	uint64_t deadline_ns; /* to be in transmission by then */
-	uint64_t active_ns;   /* last byte received or sent */
-	struct nbd_peer peer; /* counted for the per-peer limit */
-	bool close_after_tx;  /* ABORT answered, or DISC: close once all is sent */
-	bool rx_wait;         /* input stopped for want of a resource */
+	bool tls_on;                 /* the socket carries TLS records from now on */
+	struct nbd_tls_session *tls; /* from STARTTLS on */
+	uint64_t deadline_ns;        /* to be in transmission by then */
+	uint64_t active_ns;          /* last byte received or sent */
+	struct nbd_peer peer;        /* counted for the per-peer limit */
+	bool close_after_tx;         /* ABORT answered, or DISC: close once all is sent */
+	bool rx_wait;                /* input stopped for want of a resource */
 	enum rx_state rx;
 	uint32_t opt, opt_len;
 	uint64_t skip; /* bytes still to discard */
@@ -286,6 +289,7 @@ static void maybe_free(struct nbd_conn *c)
 	if (c->arena != NULL) {
 		munmap(c->arena, (size_t)c->arena_pages * PAGE);
 	}
+	nbd_tls_session_destroy(c->tls);
 	free(c->pagemap);
 	free(c->ctx_mem);
 	free(c->reqs);
@@ -304,6 +308,9 @@ static void conn_kill(struct nbd_conn *c, const char *why)
 		vd_log_ratelimited(VD_LOG_INFO, "nbd: closing a connection: %s", why);
 	}
 	c->dead = true;
+	if (c->tls_on) {
+		nbd_tls_bye(c->tls);
+	}
 	vd_ioctx_unwatch_fd(c->t->ioctx, c->fd);
 	/*
 	 * The io_uring poll on the socket holds its own file reference until
@@ -378,15 +385,31 @@ static void tx_done_check(struct nbd_conn *c)
 	}
 }
 
-/* Returns false when the connection died or the socket is full. */
-static bool send_bytes(struct nbd_conn *c, struct iovec *iov, int cnt, size_t *sent)
+/* sendmsg, or one TLS record: bytes taken, or -1 with errno. */
+static ssize_t send_raw(struct nbd_conn *c, struct iovec *iov, int cnt)
 {
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
 	ssize_t n;
 
+	if (c->tls_on) {
+		n = nbd_tls_sendv(c->tls, iov, cnt);
+		if (n < 0) {
+			errno = (int)-n;
+			return -1;
+		}
+		return n;
+	}
 	do {
 		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	} while (n < 0 && errno == EINTR);
+	return n;
+}
+
+/* Returns false when the connection died or the socket is full. */
+static bool send_bytes(struct nbd_conn *c, struct iovec *iov, int cnt, size_t *sent)
+{
+	ssize_t n = send_raw(c, iov, cnt);
+
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
 			*sent = 0;
@@ -1079,11 +1102,76 @@ static bool opt_meta(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 	return opt_reply(c, NBD_REP_ACK, NULL, 0);
 }
 
+/*
+ * STARTTLS: ACK in the clear, then the handshake (RX_TLS). What was
+ * negotiated before is forgotten, as the protocol requires.
+ */
+static bool opt_starttls(struct nbd_conn *c, uint32_t len)
+{
+	if (len != 0) {
+		return opt_error(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
+	}
+	if (c->s->tls == NULL) {
+		return opt_error(c, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+	}
+	if (c->tls_on) {
+		return opt_error(c, NBD_REP_ERR_INVALID, "TLS is already on");
+	}
+	if (nbd_tls_session_create(c->s->tls, c->fd, &c->tls) < 0) {
+		conn_kill(c, "TLS session");
+		return false;
+	}
+	c->structured = false;
+	c->meta_alloc = false;
+	c->rx = RX_TLS;
+	return opt_reply(c, NBD_REP_ACK, NULL, 0);
+}
+
+/* The TLS handshake, once the ACK is out. false: stop (killed, waiting). */
+static bool tls_step(struct nbd_conn *c)
+{
+	bool want_write = false;
+	int r;
+
+	if (c->olen != c->opos) {
+		return false; /* the ACK first: on_writable resumes us */
+	}
+	if (c->rlen != c->rpos) {
+		conn_kill(c, "data after STARTTLS before the handshake");
+		return false;
+	}
+	r = nbd_tls_handshake(c->tls, &want_write);
+	if (r == -EAGAIN) {
+		if (want_write) {
+			arm_out(c);
+		}
+		return false;
+	}
+	if (r < 0) {
+		conn_kill(c, "TLS handshake failed");
+		return false;
+	}
+	c->tls_on = true;
+	c->active_ns = vd_now_ns();
+	c->rpos = c->rlen = 0;
+	c->rx = RX_OPT_HDR;
+	return true;
+}
+
 /* One whole option (payload in d). Returns false if the connection died. */
 static bool handle_option(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 {
 	struct vd_nbd_server *s = c->s;
 
+	if (s->tls_required && !c->tls_on && c->opt != NBD_OPT_STARTTLS &&
+	    c->opt != NBD_OPT_ABORT) {
+		if (c->opt == NBD_OPT_EXPORT_NAME) {
+			conn_kill(c, "EXPORT_NAME before TLS");
+			return false;
+		}
+		return opt_error(c, NBD_REP_ERR_TLS_REQD,
+				 "TLS is required: NBD_OPT_STARTTLS first");
+	}
 	switch (c->opt) {
 	case NBD_OPT_EXPORT_NAME: {
 		uint8_t b[8 + 2 + NBD_EXPORT_NAME_ZEROES] = { 0 };
@@ -1122,10 +1210,7 @@ static bool handle_option(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 		       opt_reply(c, NBD_REP_ACK, NULL, 0);
 	}
 	case NBD_OPT_STARTTLS:
-		if (len != 0) {
-			return opt_error(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
-		}
-		return opt_error(c, NBD_REP_ERR_POLICY, "TLS is not supported by this server");
+		return opt_starttls(c, len);
 	case NBD_OPT_INFO:
 	case NBD_OPT_GO:
 		return opt_info_go(c, d, len);
@@ -1159,6 +1244,8 @@ static bool rx_ready(const struct nbd_conn *c)
 		return avail >= c->opt_len;
 	case RX_REQ_HDR:
 		return avail >= sizeof(struct nbd_request);
+	case RX_TLS:
+		return true; /* the session reads the socket itself */
 	default:
 		return avail != 0; /* payloads: whatever there is */
 	}
@@ -1232,6 +1319,8 @@ static bool rx_step(struct nbd_conn *c)
 	}
 	case RX_REQ_HDR:
 		return take_request(c);
+	case RX_TLS:
+		return tls_step(c);
 	case RX_WRITE_DATA: {
 		struct nbd_req *r = c->cur;
 		size_t n = VD_MIN(avail, (size_t)(r->len_bytes - c->cur_got));
@@ -1258,9 +1347,17 @@ static ssize_t rx_recv(struct nbd_conn *c, void *dst, size_t len)
 {
 	ssize_t n;
 
-	do {
-		n = recv(c->fd, dst, len, MSG_DONTWAIT);
-	} while (n < 0 && errno == EINTR);
+	if (c->tls_on) {
+		n = nbd_tls_recv(c->tls, dst, len);
+		if (n < 0) {
+			errno = (int)-n;
+			n = -1;
+		}
+	} else {
+		do {
+			n = recv(c->fd, dst, len, MSG_DONTWAIT);
+		} while (n < 0 && errno == EINTR);
+	}
 	if (n > 0) {
 		c->active_ns = vd_now_ns();
 		return n;

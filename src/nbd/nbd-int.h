@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include "nbd/nbd.h"
 #include "nbd/nbd-proto.h"
+#include "nbd/nbd-tls.h"
 
 #define NBD_MAX_THREADS 64u
 #define NBD_OPT_MAX     (3u * VD_NBD_MAX_NAME + 64)  /* largest option payload we keep */
@@ -55,7 +56,9 @@ struct vd_nbd_server {
 	uint64_t handshake_ns;
 	uint64_t idle_ns; /* 0: never */
 	unsigned int max_per_peer;
-	uint16_t tx_flags; /* transmission flags, without SEND_DF */
+	uint16_t tx_flags;   /* transmission flags, without SEND_DF */
+	struct nbd_tls *tls; /* NULL: TLS not offered */
+	bool tls_required;
 	size_t io_ctx_bytes;
 
 	struct nbd_thread threads[NBD_MAX_THREADS];

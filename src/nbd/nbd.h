@@ -42,6 +42,12 @@
 
 struct vd_nbd_server;
 
+enum vd_nbd_tls_mode {
+	VD_NBD_TLS_OFF,
+	VD_NBD_TLS_X509, /* tls_certs_dir: server-cert.pem, server-key.pem (qemu's layout) */
+	VD_NBD_TLS_PSK,  /* tls_psk_file: psktool's username:hexkey lines */
+};
+
 struct vd_nbd_config {
 	const char *export_name; /* NULL: "" (the default export) */
 	const char *description; /* NULL: none */
@@ -70,6 +76,16 @@ struct vd_nbd_config {
 	 * 0: VD_NBD_DEF_MAX_PER_PEER (at most max_conns).
 	 */
 	unsigned int max_per_peer;
+	/*
+	 * TLS (NBD_OPT_STARTTLS): offered when not OFF; with tls_required,
+	 * every option but STARTTLS and ABORT is refused with
+	 * NBD_REP_ERR_TLS_REQD until TLS is up (EXPORT_NAME: closed), as
+	 * nbdkit --tls=require. Paths are read at create, not kept.
+	 */
+	enum vd_nbd_tls_mode tls;
+	const char *tls_certs_dir;
+	const char *tls_psk_file;
+	bool tls_required;
 };
 
 struct vd_nbd_thread_ops {

@@ -28,6 +28,26 @@ static bool is_pow2(uint64_t v)
 	return v != 0 && (v & (v - 1)) == 0;
 }
 
+static uint16_t tx_flags_for(const struct vd_nbd_server *s)
+{
+	/*
+	 * One shared vd_image and vd_file behind every connection, and FLUSH is
+	 * fdatasync of that file (after the format's metadata): a flush on any
+	 * connection makes every completed write durable, so multi-conn is safe.
+	 */
+	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+		     NBD_FLAG_CAN_MULTI_CONN;
+
+	if (s->readonly) {
+		return f | NBD_FLAG_READ_ONLY;
+	}
+	f |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+	if (s->info.discard) {
+		f |= NBD_FLAG_SEND_TRIM;
+	}
+	return f;
+}
+
 int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 			 struct vd_nbd_server **out, struct vd_err *err)
 {
@@ -46,6 +66,9 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 		return vd_err_set(err, EINVAL, "max block size %u: not a power of two >= 64 KiB",
 				  cfg->max_block_bytes);
 	}
+	if (cfg->tls == VD_NBD_TLS_OFF && cfg->tls_required) {
+		return vd_err_set(err, EINVAL, "TLS required but not configured");
+	}
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
 		return vd_err_set(err, ENOMEM, "nbd server");
@@ -54,19 +77,26 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 	s->img = img;
 	ret = vd_image_get_info(img, &s->info);
 	if (ret < 0) {
-		free(s);
-		return vd_err_set(err, -ret, "reading the image geometry");
+		ret = vd_err_set(err, -ret, "reading the image geometry");
+		goto err_free;
 	}
+	s->max_conns = cfg->max_conns != 0 ? cfg->max_conns : VD_NBD_DEF_MAX_CONNS;
 	s->export_name = strdup(name);
 	s->description = cfg->description != NULL ? strdup(cfg->description) : NULL;
-	if (s->export_name == NULL || (cfg->description != NULL && s->description == NULL)) {
-		free(s->export_name);
-		free(s->description);
-		free(s);
-		return vd_err_set(err, ENOMEM, "nbd server");
+	s->peers = calloc(s->max_conns, sizeof(*s->peers));
+	if (s->export_name == NULL || (cfg->description != NULL && s->description == NULL) ||
+	    s->peers == NULL) {
+		ret = vd_err_set(err, ENOMEM, "nbd server");
+		goto err_free;
+	}
+	if (cfg->tls != VD_NBD_TLS_OFF) {
+		ret = nbd_tls_create(cfg, &s->tls, err);
+		if (ret < 0) {
+			goto err_free;
+		}
+		s->tls_required = cfg->tls_required;
 	}
 	s->readonly = cfg->readonly || s->info.readonly;
-	s->max_conns = cfg->max_conns != 0 ? cfg->max_conns : VD_NBD_DEF_MAX_CONNS;
 	s->max_inflight = cfg->max_inflight != 0 ? cfg->max_inflight : VD_NBD_DEF_MAX_INFLIGHT;
 	s->max_inflight = VD_MIN(s->max_inflight, 1024u);
 	s->max_block_bytes =
@@ -81,29 +111,8 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 				       1000000ull;
 	s->max_per_peer = cfg->max_per_peer != 0 ? cfg->max_per_peer : VD_NBD_DEF_MAX_PER_PEER;
 	s->max_per_peer = VD_MIN(s->max_per_peer, s->max_conns);
-	s->peers = calloc(s->max_conns, sizeof(*s->peers));
-	if (s->peers == NULL) {
-		free(s->export_name);
-		free(s->description);
-		free(s);
-		return vd_err_set(err, ENOMEM, "nbd server");
-	}
 	s->io_ctx_bytes = vd_image_io_ctx_size(img);
-	/*
-	 * One shared vd_image and vd_file behind every connection, and FLUSH is
-	 * fdatasync of that file (after the format's metadata): a flush on any
-	 * connection makes every completed write durable, so multi-conn is safe.
-	 */
-	s->tx_flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
-		      NBD_FLAG_CAN_MULTI_CONN;
-	if (s->readonly) {
-		s->tx_flags |= NBD_FLAG_READ_ONLY;
-	} else {
-		s->tx_flags |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
-		if (s->info.discard) {
-			s->tx_flags |= NBD_FLAG_SEND_TRIM;
-		}
-	}
+	s->tx_flags = tx_flags_for(s);
 	/* raw: fallocate; qcow2: zero clusters (or a write of zeroes within one). */
 	s->fast_zero = s->info.format != NULL &&
 		       (strcmp(s->info.format, "raw") == 0 || strcmp(s->info.format, "qcow2") == 0);
@@ -111,6 +120,13 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 	pthread_cond_init(&s->cond, NULL);
 	*out = s;
 	return 0;
+
+err_free:
+	free(s->peers);
+	free(s->export_name);
+	free(s->description);
+	free(s);
+	return ret;
 }
 
 int vd_nbd_server_add_thread(struct vd_nbd_server *s, const struct vd_nbd_thread_ops *ops,
@@ -522,6 +538,7 @@ void vd_nbd_server_destroy(struct vd_nbd_server *s)
 	vd_nbd_server_stop(s);
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
+	nbd_tls_destroy(s->tls);
 	free(s->peers);
 	free(s->export_name);
 	free(s->description);
