@@ -398,6 +398,58 @@ static void test_zero_length(void **state)
 	env_close(&e);
 }
 
+/* --tls-required: options before STARTTLS refused, EXPORT_NAME closes. */
+static void test_tls_required(void **state)
+{
+	struct env e;
+	uint8_t g[18], cf[4], buf[256], go[4 + 2] = { 0 };
+	uint32_t len;
+
+	(void)state;
+	env_open(&e, false);
+	e.srv->tls_required = true; /* no credentials: STARTTLS is refused too */
+	assert_true(crecv(&e, g, 18));
+	nbd_put32(cf, NBD_FLAG_C_FIXED_NEWSTYLE);
+	csend(&e, cf, 4);
+	opt(&e, NBD_OPT_GO, go, sizeof(go));
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_TLS_REQD);
+	opt(&e, NBD_OPT_LIST, NULL, 0);
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_TLS_REQD);
+	opt(&e, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_TLS_REQD);
+	opt(&e, NBD_OPT_STARTTLS, NULL, 0);
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_POLICY);
+	opt(&e, NBD_OPT_EXPORT_NAME, NULL, 0);
+	pump(&e);
+	assert_false(crecv(&e, buf, 1));
+	env_close(&e);
+}
+
+/* The sweeper closes a connection idle in transmission, not a busy one. */
+static void test_idle_timeout(void **state)
+{
+	struct env e;
+	struct nbd_thread *t;
+	uint8_t back[512];
+
+	(void)state;
+	env_open(&e, false);
+	handshake(&e, false);
+	t = &e.srv->threads[0];
+	assert_true(t->conns != NULL && t->conns->transmission && t->tfd >= 0);
+	e.srv->idle_ns = 1000000000ull;
+	on_timer(t, 0); /* active just now: kept */
+	assert_false(t->conns->dead);
+	request(&e, NBD_CMD_READ, 0, 1, 0, sizeof(back));
+	assert_int_equal(simple(&e, 1), 0);
+	assert_true(crecv(&e, back, sizeof(back)));
+	t->conns->active_ns -= 2000000000ull; /* as if 2 s had passed */
+	on_timer(t, 0);
+	pump(&e);
+	assert_false(crecv(&e, back, 1)); /* closed */
+	env_close(&e);
+}
+
 /* The client vanishes with writes in flight: no leak, no crash (ASan). */
 static void test_vanish_in_flight(void **state)
 {
@@ -520,6 +572,8 @@ int main(void)
 		cmocka_unit_test(test_hostile_negotiation),
 		cmocka_unit_test(test_vanish_in_flight),
 		cmocka_unit_test(test_zero_length),
+		cmocka_unit_test(test_tls_required),
+		cmocka_unit_test(test_idle_timeout),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
