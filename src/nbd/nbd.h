@@ -101,7 +101,10 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 /* Before the first accept; up to 64 threads. thread is borrowed. */
 int vd_nbd_server_add_thread(struct vd_nbd_server *s, const struct vd_nbd_thread_ops *ops,
 			     void *thread);
-/* Listen on a UNIX socket (replacing a stale one, mode 0600) or on TCP. */
+/*
+ * Listen on a UNIX socket (mode 0600; an existing path is replaced only if
+ * it is a socket nobody listens on: else -EEXIST or -EADDRINUSE) or on TCP.
+ */
 int vd_nbd_server_listen_unix(struct vd_nbd_server *s, const char *path, struct vd_err *err);
 int vd_nbd_server_listen_tcp(struct vd_nbd_server *s, const char *addr, uint16_t port,
 			     struct vd_err *err);
