@@ -8,7 +8,7 @@ PKGS=(
 	build-essential meson ninja-build pkg-config
 	liburing-dev libxen-dev xenstore-utils libcmocka-dev zlib1g-dev
 	clang libclang-rt-14-dev
-	qemu-utils fio libnbd-bin nbdkit
+	qemu-utils fio libnbd-bin nbdkit libgnutls28-dev gnutls-bin
 	clang-format clang-tidy cppcheck
 	python3 procps util-linux
 )

@@ -7,6 +7,9 @@
  * qcow2/vhd), listens, and then waits in one poll() on the listening socket
  * and a signalfd. SIGINT/SIGTERM: stop accepting, close the connections
  * once their I/O is done, stop the threads, close the image, exit 0.
+ *
+ * Listening: a UNIX socket (mode 0600) unless --port asks for TCP, which
+ * binds 127.0.0.1 unless --bind says otherwise (see default_socket()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -29,14 +33,15 @@
 
 #define EXIT_USAGE  2
 #define MAX_THREADS 16
-#define DEF_PORT    10809
 #define SERVE_NBD_USAGE                                                                     \
 	"usage: vdisk serve-nbd IMAGE [-f|--format FMT] [--socket PATH | --port N "         \
 	"[--bind ADDR]]\n"                                                                  \
 	"                        [--readonly] [--export NAME] [--description TEXT]\n"       \
 	"                        [--threads N] [--cache direct|writeback] [--io BACKEND]\n" \
-	"                        [--max-conns N] [--handshake-timeout SECONDS]\n"           \
-	"                        [--backing-dir DIR]... [--no-backing]\n"
+	"                        [--max-conns N] [--max-per-peer N]\n"                      \
+	"                        [--handshake-timeout SECONDS] [--idle-timeout SECONDS]\n"  \
+	"                        [--tls x509 --tls-certs DIR | --tls psk --tls-psk FILE]\n" \
+	"                        [--tls-required] [--backing-dir DIR]... [--no-backing]\n"
 
 enum {
 	OPT_SOCKET = 256,
@@ -50,6 +55,12 @@ enum {
 	OPT_IO,
 	OPT_MAX_CONNS,
 	OPT_HANDSHAKE,
+	OPT_IDLE,
+	OPT_PER_PEER,
+	OPT_TLS,
+	OPT_TLS_CERTS,
+	OPT_TLS_PSK,
+	OPT_TLS_REQUIRED,
 };
 
 struct serve_thread {
@@ -153,6 +164,51 @@ static int usage(const char *why)
 	return EXIT_USAGE;
 }
 
+/*
+ * Without --socket or --port: a UNIX socket, mode 0600, in a directory of
+ * ours (mode 0700): $VDISK_RUN_DIR, else /run/vdisk for root, else
+ * $XDG_RUNTIME_DIR/vdisk. TCP, which anyone on the host (or the network)
+ * may reach, is only ever an explicit --port.
+ */
+static int default_socket(char *buf, size_t cap)
+{
+	const char *dir = getenv("VDISK_RUN_DIR");
+	char sub[80];
+
+	if (dir == NULL || dir[0] == '\0') {
+		const char *xdg = getenv("XDG_RUNTIME_DIR");
+
+		if (getuid() == 0) {
+			dir = "/run/vdisk";
+		} else if (xdg != NULL && xdg[0] == '/' &&
+			   (size_t)snprintf(sub, sizeof(sub), "%s/vdisk", xdg) < sizeof(sub)) {
+			dir = sub;
+		} else {
+			return -ENOENT;
+		}
+	}
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		return -errno;
+	}
+	if ((size_t)snprintf(buf, cap, "%s/serve-nbd-%ld.sock", dir, (long)getpid()) >= cap) {
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
+/* TCP beyond loopback without required TLS: say what that means. */
+static void tls_note(const struct vd_nbd_config *cfg, const char *tcp_addr)
+{
+	if (tcp_addr == NULL || cfg->tls_required || strcmp(tcp_addr, "127.0.0.1") == 0 ||
+	    strcmp(tcp_addr, "::1") == 0 || strcmp(tcp_addr, "localhost") == 0) {
+		return;
+	}
+	fprintf(stderr,
+		"vdisk serve-nbd: warning: listening on %s without --tls-required: anyone who "
+		"reaches it can read%s the image in the clear\n",
+		tcp_addr, cfg->readonly ? "" : " and write");
+}
+
 static bool got_stop_signal(int sfd)
 {
 	struct signalfd_siginfo si;
@@ -165,7 +221,116 @@ static bool got_stop_signal(int sfd)
 	return false;
 }
 
-int vd_cli_serve_nbd(int argc, char **argv)
+struct serve_args {
+	struct vd_image_opts io;
+	struct vd_nbd_config cfg;
+	const char *sock, *bind_addr, *image;
+	unsigned long port, nthreads;
+	bool have_port, have_bind;
+	char defsock[108];
+};
+
+/* One option into a. -1: go on; else the exit code (0 after --help). */
+static int parse_opt(struct serve_args *a, int c)
+{
+	unsigned long v;
+
+	switch (c) {
+	case 'f':
+		a->io.format = optarg;
+		return -1;
+	case OPT_SOCKET:
+		a->sock = optarg;
+		return -1;
+	case OPT_PORT:
+		if (parse_uint(optarg, 65535, &a->port) < 0 || a->port == 0) {
+			return usage("--port: 1..65535");
+		}
+		a->have_port = true;
+		return -1;
+	case OPT_BIND:
+		a->bind_addr = optarg;
+		a->have_bind = true;
+		return -1;
+	case OPT_READONLY:
+		a->io.readonly = true;
+		a->cfg.readonly = true;
+		return -1;
+	case OPT_EXPORT:
+		a->cfg.export_name = optarg;
+		return -1;
+	case OPT_DESC:
+		a->cfg.description = optarg;
+		return -1;
+	case OPT_THREADS:
+		if (parse_uint(optarg, MAX_THREADS, &a->nthreads) < 0 || a->nthreads == 0) {
+			return usage("--threads: 1..16");
+		}
+		return -1;
+	case OPT_CACHE:
+		if (strcmp(optarg, "direct") == 0) {
+			a->io.cache = VD_CACHE_DIRECT;
+		} else if (strcmp(optarg, "writeback") == 0) {
+			a->io.cache = VD_CACHE_WRITEBACK;
+		} else {
+			return usage("--cache: direct or writeback");
+		}
+		return -1;
+	case OPT_IO:
+		a->io.io_backend = optarg;
+		return -1;
+	case OPT_MAX_CONNS:
+		if (parse_uint(optarg, 4096, &v) < 0 || v == 0) {
+			return usage("--max-conns: 1..4096");
+		}
+		a->cfg.max_conns = (unsigned int)v;
+		return -1;
+	case OPT_HANDSHAKE:
+		if (parse_uint(optarg, 3600, &v) < 0 || v == 0) {
+			return usage("--handshake-timeout: 1..3600 seconds");
+		}
+		a->cfg.handshake_ms = (uint32_t)v * 1000;
+		return -1;
+	case OPT_IDLE:
+		if (parse_uint(optarg, 86400, &v) < 0) {
+			return usage("--idle-timeout: 0 (never) .. 86400 seconds");
+		}
+		a->cfg.idle_ms = v == 0 ? VD_NBD_IDLE_NEVER : (uint32_t)v * 1000;
+		return -1;
+	case OPT_PER_PEER:
+		if (parse_uint(optarg, 4096, &v) < 0 || v == 0) {
+			return usage("--max-per-peer: 1..4096");
+		}
+		a->cfg.max_per_peer = (unsigned int)v;
+		return -1;
+	case OPT_TLS:
+		if (strcmp(optarg, "x509") == 0) {
+			a->cfg.tls = VD_NBD_TLS_X509;
+		} else if (strcmp(optarg, "psk") == 0) {
+			a->cfg.tls = VD_NBD_TLS_PSK;
+		} else {
+			return usage("--tls: x509 or psk");
+		}
+		return -1;
+	case OPT_TLS_CERTS:
+		a->cfg.tls_certs_dir = optarg;
+		return -1;
+	case OPT_TLS_PSK:
+		a->cfg.tls_psk_file = optarg;
+		return -1;
+	case OPT_TLS_REQUIRED:
+		a->cfg.tls_required = true;
+		return -1;
+	case 'h':
+		(void)fputs(SERVE_NBD_USAGE, stdout);
+		return 0;
+	default:
+		return usage(NULL);
+	}
+}
+
+/* -1: serve as a says; else the exit code. */
+static int parse_args(int argc, char **argv, struct serve_args *a)
 {
 	static const struct option lo[] = {
 		{ "format", required_argument, NULL, 'f' },
@@ -180,106 +345,132 @@ int vd_cli_serve_nbd(int argc, char **argv)
 		{ "io", required_argument, NULL, OPT_IO },
 		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+		{ "idle-timeout", required_argument, NULL, OPT_IDLE },
+		{ "max-per-peer", required_argument, NULL, OPT_PER_PEER },
+		{ "tls", required_argument, NULL, OPT_TLS },
+		{ "tls-certs", required_argument, NULL, OPT_TLS_CERTS },
+		{ "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+		{ "tls-required", no_argument, NULL, OPT_TLS_REQUIRED },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct vd_image_opts io = { 0 };
-	struct vd_nbd_config cfg = { 0 };
-	struct serve_thread th[MAX_THREADS];
-	struct vd_nbd_server *srv = NULL;
-	struct vd_image *img = NULL;
-	struct vd_err err = { 0 };
-	const char *sock = NULL, *bind_addr = "127.0.0.1", *image;
-	unsigned long port = 0, nthreads = 1, v;
-	unsigned int started = 0;
-	bool have_port = false;
-	sigset_t set, old;
-	int sfd = -1, rc = 1, c, ret;
+	int c, r;
 
+	memset(a, 0, sizeof(*a));
+	a->bind_addr = "127.0.0.1";
+	a->nthreads = 1;
 	optind = 0;
 	opterr = 1;
 	while ((c = getopt_long(argc, argv, "f:h", lo, NULL)) != -1) {
-		switch (c) {
-		case 'f':
-			io.format = optarg;
-			break;
-		case OPT_SOCKET:
-			sock = optarg;
-			break;
-		case OPT_PORT:
-			if (parse_uint(optarg, 65535, &port) < 0 || port == 0) {
-				return usage("--port: 1..65535");
-			}
-			have_port = true;
-			break;
-		case OPT_BIND:
-			bind_addr = optarg;
-			break;
-		case OPT_READONLY:
-			io.readonly = true;
-			cfg.readonly = true;
-			break;
-		case OPT_EXPORT:
-			cfg.export_name = optarg;
-			break;
-		case OPT_DESC:
-			cfg.description = optarg;
-			break;
-		case OPT_THREADS:
-			if (parse_uint(optarg, MAX_THREADS, &nthreads) < 0 || nthreads == 0) {
-				return usage("--threads: 1..16");
-			}
-			break;
-		case OPT_CACHE:
-			if (strcmp(optarg, "direct") == 0) {
-				io.cache = VD_CACHE_DIRECT;
-			} else if (strcmp(optarg, "writeback") == 0) {
-				io.cache = VD_CACHE_WRITEBACK;
-			} else {
-				return usage("--cache: direct or writeback");
-			}
-			break;
-		case OPT_IO:
-			io.io_backend = optarg;
-			break;
-		case OPT_MAX_CONNS:
-			if (parse_uint(optarg, 4096, &v) < 0 || v == 0) {
-				return usage("--max-conns: 1..4096");
-			}
-			cfg.max_conns = (unsigned int)v;
-			break;
-		case OPT_HANDSHAKE:
-			if (parse_uint(optarg, 3600, &v) < 0 || v == 0) {
-				return usage("--handshake-timeout: 1..3600 seconds");
-			}
-			cfg.handshake_ms = (uint32_t)v * 1000;
-			break;
-		case 'h':
-			(void)fputs(SERVE_NBD_USAGE, stdout);
-			return 0;
-		default:
-			return usage(NULL);
+		r = parse_opt(a, c);
+		if (r >= 0) {
+			return r;
 		}
 	}
 	if (optind + 1 != argc) {
 		return usage("one IMAGE expected");
 	}
-	if (sock != NULL && have_port) {
+	if (a->sock != NULL && a->have_port) {
 		return usage("--socket and --port exclude each other");
 	}
-	if (sock == NULL && !have_port) {
-		port = DEF_PORT;
+	if (a->have_bind && !a->have_port) {
+		return usage("--bind needs --port");
 	}
-	image = argv[optind];
+	if ((a->cfg.tls == VD_NBD_TLS_X509) != (a->cfg.tls_certs_dir != NULL) ||
+	    (a->cfg.tls == VD_NBD_TLS_PSK) != (a->cfg.tls_psk_file != NULL) ||
+	    (a->cfg.tls_required && a->cfg.tls == VD_NBD_TLS_OFF)) {
+		return usage("--tls x509 goes with --tls-certs, --tls psk with --tls-psk; "
+			     "--tls-required needs --tls");
+	}
+	if (a->sock == NULL && !a->have_port) {
+		if (default_socket(a->defsock, sizeof(a->defsock)) < 0) {
+			return usage("no --socket and no run directory ($VDISK_RUN_DIR, "
+				     "$XDG_RUNTIME_DIR): give --socket PATH or --port N");
+		}
+		a->sock = a->defsock;
+	}
+	a->image = argv[optind];
+	return -1;
+}
 
-	io.backing = *vd_cli_backing(); /* --backing-dir, --no-backing: main.c */
-	ret = vd_image_open(image, &io, &img, &err);
+/* Listen as a says and print where (with the URI for a client). */
+static int listen_announce(struct vd_nbd_server *srv, const struct serve_args *a)
+{
+	const char *s = a->cfg.tls_required ? "s" : "";
+	const char *name = a->cfg.export_name != NULL ? a->cfg.export_name : "";
+	struct vd_err err = { 0 };
+	int ret;
+
+	if (a->sock != NULL) {
+		ret = vd_nbd_server_listen_unix(srv, a->sock, &err);
+	} else {
+		ret = vd_nbd_server_listen_tcp(srv, a->bind_addr, (uint16_t)a->port, &err);
+	}
+	if (ret < 0) {
+		fprintf(stderr, "vdisk serve-nbd: %s\n", vd_err_msg(&err));
+		return ret;
+	}
+	tls_note(&a->cfg, a->sock == NULL ? a->bind_addr : NULL);
+	if (a->sock != NULL) {
+		printf("serving %s on unix:%s (nbd%s+unix:///%s?socket=%s)\n", a->image, a->sock, s,
+		       name, a->sock);
+	} else {
+		printf("serving %s on %s:%lu (nbd%s://%s:%lu/%s)\n", a->image, a->bind_addr,
+		       a->port, s, a->bind_addr, a->port, name);
+	}
+	(void)fflush(stdout);
+	return 0;
+}
+
+/* Accept until SIGINT/SIGTERM (exit code 0), or a poll failure (1). */
+static int serve_loop(struct vd_nbd_server *srv, int sfd)
+{
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = vd_nbd_server_fd(srv), .events = POLLIN },
+			{ .fd = sfd, .events = POLLIN },
+		};
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			fprintf(stderr, "vdisk serve-nbd: poll: %s\n", strerror(errno));
+			return 1;
+		}
+		if ((pfd[1].revents & POLLIN) && got_stop_signal(sfd)) {
+			return 0;
+		}
+		if (pfd[0].revents & POLLIN) {
+			vd_nbd_server_accept(srv);
+		}
+	}
+}
+
+int vd_cli_serve_nbd(int argc, char **argv)
+{
+	struct serve_args a;
+	struct serve_thread th[MAX_THREADS];
+	struct vd_nbd_server *srv = NULL;
+	struct vd_image *img = NULL;
+	struct vd_err err = { 0 };
+	unsigned int started = 0;
+	sigset_t set, old;
+	int sfd = -1, rc = 1, ret;
+
+	ret = parse_args(argc, argv, &a);
+	if (ret >= 0) {
+		return ret;
+	}
+
+	a.io.backing = *vd_cli_backing(); /* --backing-dir, --no-backing: main.c */
+	ret = vd_image_open(a.image, &a.io, &img, &err);
 	if (ret < 0) {
 		fprintf(stderr, "vdisk serve-nbd: %s\n",
 			err.errnum != 0 ? vd_err_msg(&err) : strerror(-ret));
 		return 1;
 	}
-	ret = vd_nbd_server_create(img, &cfg, &srv, &err);
+	ret = vd_nbd_server_create(img, &a.cfg, &srv, &err);
 	if (ret < 0) {
 		fprintf(stderr, "vdisk serve-nbd: %s\n", vd_err_msg(&err));
 		goto out_image;
@@ -298,7 +489,7 @@ int vd_cli_serve_nbd(int argc, char **argv)
 	}
 
 	memset(th, 0, sizeof(th));
-	for (unsigned int i = 0; i < nthreads; i++) {
+	for (unsigned int i = 0; i < a.nthreads; i++) {
 		struct serve_thread *st = &th[i];
 
 		st->img = img;
@@ -320,44 +511,8 @@ int vd_cli_serve_nbd(int argc, char **argv)
 		(void)vd_nbd_server_add_thread(srv, &g_thread_ops, st);
 	}
 
-	if (sock != NULL) {
-		ret = vd_nbd_server_listen_unix(srv, sock, &err);
-	} else {
-		ret = vd_nbd_server_listen_tcp(srv, bind_addr, (uint16_t)port, &err);
-	}
-	if (ret < 0) {
-		fprintf(stderr, "vdisk serve-nbd: %s\n", vd_err_msg(&err));
-		goto out_threads;
-	}
-	if (sock != NULL) {
-		printf("serving %s on unix:%s (nbd+unix:///%s?socket=%s)\n", image, sock,
-		       cfg.export_name != NULL ? cfg.export_name : "", sock);
-	} else {
-		printf("serving %s on %s:%lu (nbd://%s:%lu/%s)\n", image, bind_addr, port,
-		       bind_addr, port, cfg.export_name != NULL ? cfg.export_name : "");
-	}
-	(void)fflush(stdout);
-
-	for (;;) {
-		struct pollfd pfd[2] = {
-			{ .fd = vd_nbd_server_fd(srv), .events = POLLIN },
-			{ .fd = sfd, .events = POLLIN },
-		};
-
-		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			fprintf(stderr, "vdisk serve-nbd: poll: %s\n", strerror(errno));
-			break;
-		}
-		if ((pfd[1].revents & POLLIN) && got_stop_signal(sfd)) {
-			rc = 0;
-			break;
-		}
-		if (pfd[0].revents & POLLIN) {
-			vd_nbd_server_accept(srv);
-		}
+	if (listen_announce(srv, &a) == 0) {
+		rc = serve_loop(srv, sfd);
 	}
 
 out_threads:
@@ -373,7 +528,7 @@ out_threads:
 		}
 		pthread_join(st->tid, NULL);
 	}
-	for (unsigned int i = 0; i < nthreads && th[i].img != NULL; i++) {
+	for (unsigned int i = 0; i < a.nthreads && th[i].img != NULL; i++) {
 		pthread_mutex_destroy(&th[i].lock);
 		pthread_cond_destroy(&th[i].cond);
 	}

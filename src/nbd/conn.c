@@ -22,7 +22,8 @@
  * meanwhile).
  *
  * Death. A failed socket, a protocol violation, a negotiation that outlives
- * its deadline (a per-thread timerfd sweeps them) or the server stopping
+ * its deadline, a connection idle too long (a per-thread timerfd sweeps
+ * them, once a second while there is something to watch) or the server stopping
  * kills the connection: sockets closed at once, requests not in flight
  * released; the struct is freed when the last in-flight request, the kick
  * and the callback on the stack (busy) are done.
@@ -53,6 +54,7 @@ enum rx_state {
 	RX_REQ_HDR,    /* request header */
 	RX_WRITE_DATA, /* write payload into c->cur's buffer */
 	RX_SKIP_DATA,  /* payload of a refused write, discarded */
+	RX_TLS,        /* STARTTLS answered: the TLS handshake */
 	RX_STOP,       /* nothing more is read (DISC, ABORT) */
 };
 
@@ -81,9 +83,13 @@ struct nbd_conn {
 	int fd, epfd;
 	bool dead, ep_added, out_armed;
 	bool transmission, structured, no_zeroes, meta_alloc;
-	uint64_t deadline_ns; /* to be in transmission by then */
-	bool close_after_tx;  /* ABORT answered, or DISC: close once all is sent */
-	bool rx_wait;         /* input stopped for want of a resource */
+	bool tls_on;                 /* the socket carries TLS records from now on */
+	struct nbd_tls_session *tls; /* from STARTTLS on */
+	uint64_t deadline_ns;        /* to be in transmission by then */
+	uint64_t active_ns;          /* last byte received or sent */
+	struct nbd_peer peer;        /* counted for the per-peer limit */
+	bool close_after_tx;         /* ABORT answered, or DISC: close once all is sent */
+	bool rx_wait;                /* input stopped for want of a resource */
 	enum rx_state rx;
 	uint32_t opt, opt_len;
 	uint64_t skip; /* bytes still to discard */
@@ -169,6 +175,8 @@ static bool req_get_buffer(struct nbd_conn *c, struct nbd_req *r, uint32_t bytes
 	uint32_t p;
 
 	r->npages = 0;
+	r->iov.iov_base = NULL;
+	r->iov.iov_len = 0;
 	if (n == 0) {
 		return true;
 	}
@@ -266,6 +274,7 @@ static struct nbd_req *req_get(struct nbd_conn *c)
 static void maybe_free(struct nbd_conn *c)
 {
 	struct vd_nbd_server *s = c->s;
+	struct nbd_peer peer = c->peer;
 	struct nbd_conn **pc;
 
 	if (!c->dead || c->inflight != 0 || c->kick_pending || c->busy != 0) {
@@ -280,11 +289,12 @@ static void maybe_free(struct nbd_conn *c)
 	if (c->arena != NULL) {
 		munmap(c->arena, (size_t)c->arena_pages * PAGE);
 	}
+	nbd_tls_session_destroy(c->tls);
 	free(c->pagemap);
 	free(c->ctx_mem);
 	free(c->reqs);
 	free(c);
-	vd_nbd_server_conn_freed(s);
+	vd_nbd_server_conn_freed(s, &peer);
 }
 
 static void conn_kill(struct nbd_conn *c, const char *why)
@@ -298,6 +308,9 @@ static void conn_kill(struct nbd_conn *c, const char *why)
 		vd_log_ratelimited(VD_LOG_INFO, "nbd: closing a connection: %s", why);
 	}
 	c->dead = true;
+	if (c->tls_on) {
+		nbd_tls_bye(c->tls);
+	}
 	vd_ioctx_unwatch_fd(c->t->ioctx, c->fd);
 	/*
 	 * The io_uring poll on the socket holds its own file reference until
@@ -372,15 +385,31 @@ static void tx_done_check(struct nbd_conn *c)
 	}
 }
 
-/* Returns false when the connection died or the socket is full. */
-static bool send_bytes(struct nbd_conn *c, struct iovec *iov, int cnt, size_t *sent)
+/* sendmsg, or one TLS record: bytes taken, or -1 with errno. */
+static ssize_t send_raw(struct nbd_conn *c, struct iovec *iov, int cnt)
 {
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
 	ssize_t n;
 
+	if (c->tls_on) {
+		n = nbd_tls_sendv(c->tls, iov, cnt);
+		if (n < 0) {
+			errno = (int)-n;
+			return -1;
+		}
+		return n;
+	}
 	do {
 		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	} while (n < 0 && errno == EINTR);
+	return n;
+}
+
+/* Returns false when the connection died or the socket is full. */
+static bool send_bytes(struct nbd_conn *c, struct iovec *iov, int cnt, size_t *sent)
+{
+	ssize_t n = send_raw(c, iov, cnt);
+
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
 			*sent = 0;
@@ -394,6 +423,9 @@ static bool send_bytes(struct nbd_conn *c, struct iovec *iov, int cnt, size_t *s
 		return false;
 	}
 	*sent = (size_t)n;
+	if (n > 0) {
+		c->active_ns = vd_now_ns();
+	}
 	return true;
 }
 
@@ -896,6 +928,15 @@ static bool take_request(struct nbd_conn *c)
 			reply_err(r, err);
 			return true;
 		}
+		if (r->len_bytes == 0) {
+			/*
+			 * No payload to receive: answer at once, as qemu-nbd does
+			 * (success, nothing written). RX_WRITE_DATA would ask recv()
+			 * for 0 bytes, read that as EOF and drop the connection.
+			 */
+			dispatch(c, r);
+			return true;
+		}
 		c->cur = r;
 		c->cur_got = 0;
 		c->rx = RX_WRITE_DATA;
@@ -1061,11 +1102,76 @@ static bool opt_meta(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 	return opt_reply(c, NBD_REP_ACK, NULL, 0);
 }
 
+/*
+ * STARTTLS: ACK in the clear, then the handshake (RX_TLS). What was
+ * negotiated before is forgotten, as the protocol requires.
+ */
+static bool opt_starttls(struct nbd_conn *c, uint32_t len)
+{
+	if (len != 0) {
+		return opt_error(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
+	}
+	if (c->s->tls == NULL) {
+		return opt_error(c, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+	}
+	if (c->tls_on) {
+		return opt_error(c, NBD_REP_ERR_INVALID, "TLS is already on");
+	}
+	if (nbd_tls_session_create(c->s->tls, c->fd, &c->tls) < 0) {
+		conn_kill(c, "TLS session");
+		return false;
+	}
+	c->structured = false;
+	c->meta_alloc = false;
+	c->rx = RX_TLS;
+	return opt_reply(c, NBD_REP_ACK, NULL, 0);
+}
+
+/* The TLS handshake, once the ACK is out. false: stop (killed, waiting). */
+static bool tls_step(struct nbd_conn *c)
+{
+	bool want_write = false;
+	int r;
+
+	if (c->olen != c->opos) {
+		return false; /* the ACK first: on_writable resumes us */
+	}
+	if (c->rlen != c->rpos) {
+		conn_kill(c, "data after STARTTLS before the handshake");
+		return false;
+	}
+	r = nbd_tls_handshake(c->tls, &want_write);
+	if (r == -EAGAIN) {
+		if (want_write) {
+			arm_out(c);
+		}
+		return false;
+	}
+	if (r < 0) {
+		conn_kill(c, "TLS handshake failed");
+		return false;
+	}
+	c->tls_on = true;
+	c->active_ns = vd_now_ns();
+	c->rpos = c->rlen = 0;
+	c->rx = RX_OPT_HDR;
+	return true;
+}
+
 /* One whole option (payload in d). Returns false if the connection died. */
 static bool handle_option(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 {
 	struct vd_nbd_server *s = c->s;
 
+	if (s->tls_required && !c->tls_on && c->opt != NBD_OPT_STARTTLS &&
+	    c->opt != NBD_OPT_ABORT) {
+		if (c->opt == NBD_OPT_EXPORT_NAME) {
+			conn_kill(c, "EXPORT_NAME before TLS");
+			return false;
+		}
+		return opt_error(c, NBD_REP_ERR_TLS_REQD,
+				 "TLS is required: NBD_OPT_STARTTLS first");
+	}
 	switch (c->opt) {
 	case NBD_OPT_EXPORT_NAME: {
 		uint8_t b[8 + 2 + NBD_EXPORT_NAME_ZEROES] = { 0 };
@@ -1104,10 +1210,7 @@ static bool handle_option(struct nbd_conn *c, const uint8_t *d, uint32_t len)
 		       opt_reply(c, NBD_REP_ACK, NULL, 0);
 	}
 	case NBD_OPT_STARTTLS:
-		if (len != 0) {
-			return opt_error(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
-		}
-		return opt_error(c, NBD_REP_ERR_POLICY, "TLS is not supported by this server");
+		return opt_starttls(c, len);
 	case NBD_OPT_INFO:
 	case NBD_OPT_GO:
 		return opt_info_go(c, d, len);
@@ -1141,6 +1244,8 @@ static bool rx_ready(const struct nbd_conn *c)
 		return avail >= c->opt_len;
 	case RX_REQ_HDR:
 		return avail >= sizeof(struct nbd_request);
+	case RX_TLS:
+		return true; /* the session reads the socket itself */
 	default:
 		return avail != 0; /* payloads: whatever there is */
 	}
@@ -1214,6 +1319,8 @@ static bool rx_step(struct nbd_conn *c)
 	}
 	case RX_REQ_HDR:
 		return take_request(c);
+	case RX_TLS:
+		return tls_step(c);
 	case RX_WRITE_DATA: {
 		struct nbd_req *r = c->cur;
 		size_t n = VD_MIN(avail, (size_t)(r->len_bytes - c->cur_got));
@@ -1240,10 +1347,19 @@ static ssize_t rx_recv(struct nbd_conn *c, void *dst, size_t len)
 {
 	ssize_t n;
 
-	do {
-		n = recv(c->fd, dst, len, MSG_DONTWAIT);
-	} while (n < 0 && errno == EINTR);
+	if (c->tls_on) {
+		n = nbd_tls_recv(c->tls, dst, len);
+		if (n < 0) {
+			errno = (int)-n;
+			n = -1;
+		}
+	} else {
+		do {
+			n = recv(c->fd, dst, len, MSG_DONTWAIT);
+		} while (n < 0 && errno == EINTR);
+	}
 	if (n > 0) {
+		c->active_ns = vd_now_ns();
 		return n;
 	}
 	if (n == 0) {
@@ -1321,7 +1437,7 @@ static void on_readable(void *arg, int revents)
 	leave(c);
 }
 
-/* ---- handshake deadlines ---- */
+/* ---- deadlines: negotiation, idleness ---- */
 
 static void timer_set(struct nbd_thread *t, bool on)
 {
@@ -1343,24 +1459,33 @@ static void on_timer(void *arg, int revents)
 {
 	struct nbd_thread *t = arg;
 	uint64_t now = vd_now_ns(), ticks;
+	uint64_t idle_ns = t->srv->idle_ns;
 	struct nbd_conn *c, *next;
-	bool negotiating = false;
+	bool watching = false;
 
 	(void)revents;
 	while (read(t->tfd, &ticks, sizeof(ticks)) == (ssize_t)sizeof(ticks)) {
 	}
 	for (c = t->conns; c != NULL; c = next) {
 		next = c->next; /* conn_kill may free c */
-		if (c->dead || c->transmission) {
+		if (c->dead) {
 			continue;
 		}
-		if (now >= c->deadline_ns) {
-			conn_kill(c, "negotiation timeout");
-		} else {
-			negotiating = true;
+		if (!c->transmission) {
+			if (now >= c->deadline_ns) {
+				conn_kill(c, "negotiation timeout");
+				continue;
+			}
+		} else if (idle_ns == 0) {
+			continue;
+		} else if (c->inflight == 0 && now - c->active_ns >= idle_ns) {
+			/* nothing in flight, nothing received or sent: idle or not reading */
+			conn_kill(c, "idle timeout");
+			continue;
 		}
+		watching = true;
 	}
-	timer_set(t, negotiating);
+	timer_set(t, watching);
 }
 
 /* On the serving thread, at its first connection. Without it: no deadline. */
@@ -1379,7 +1504,7 @@ static void timer_init(struct nbd_thread *t)
 
 /* ---- lifecycle ---- */
 
-void vd_nbd_conn_start(struct nbd_thread *t, int fd)
+void vd_nbd_conn_start(struct nbd_thread *t, int fd, const struct nbd_peer *peer)
 {
 	struct vd_nbd_server *s = t->srv;
 	struct nbd_conn *c = calloc(1, sizeof(*c));
@@ -1393,6 +1518,9 @@ void vd_nbd_conn_start(struct nbd_thread *t, int fd)
 	c->s = s;
 	c->fd = fd;
 	c->epfd = -1;
+	if (peer != NULL) {
+		c->peer = *peer;
+	}
 	/* the largest request, plus the sectors around an unaligned READ */
 	c->arena_pages = s->max_block_bytes / PAGE + 2;
 	pm_words = VD_DIV_ROUND_UP(c->arena_pages, 64u);
@@ -1433,7 +1561,8 @@ void vd_nbd_conn_start(struct nbd_thread *t, int fd)
 	}
 	c->next = t->conns;
 	t->conns = c;
-	c->deadline_ns = vd_now_ns() + s->handshake_ns;
+	c->active_ns = vd_now_ns();
+	c->deadline_ns = c->active_ns + s->handshake_ns;
 	timer_init(t);
 	timer_set(t, true);
 	nbd_put64(g, NBD_MAGIC_INIT);
@@ -1460,7 +1589,7 @@ err_free:
 err_close:
 	vd_log_ratelimited(VD_LOG_WARN, "nbd: out of memory for a new connection");
 	close(fd);
-	vd_nbd_server_conn_freed(s);
+	vd_nbd_server_conn_freed(s, peer);
 }
 
 void vd_nbd_thread_kill_all(struct nbd_thread *t)

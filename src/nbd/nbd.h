@@ -15,7 +15,8 @@
  * threads) and `bind`, called on it, yields its ioctx and image queue.
  *
  * Untrusted clients: every length is bounded (options, names, requests,
- * write payloads), connections are bounded (max_conns), and so are the
+ * write payloads), connections are bounded (max_conns, max_per_peer, and
+ * the negotiation and idle timeouts free the slots), and so are the
  * requests in flight per connection (the socket is not read while a
  * connection is at its limit). A client vanishing mid-request leaves its
  * I/O to complete into the dead connection, freed with its last request.
@@ -35,8 +36,17 @@
 #define VD_NBD_PREF_BLOCK       4096u
 #define VD_NBD_MAX_NAME         4096u  /* export names, descriptions, queries */
 #define VD_NBD_DEF_HANDSHAKE_MS 10000u /* to reach the transmission phase */
+#define VD_NBD_DEF_IDLE_MS      60000u /* in transmission, with nothing happening */
+#define VD_NBD_IDLE_NEVER       UINT32_MAX
+#define VD_NBD_DEF_MAX_PER_PEER 16u
 
 struct vd_nbd_server;
+
+enum vd_nbd_tls_mode {
+	VD_NBD_TLS_OFF,
+	VD_NBD_TLS_X509, /* tls_certs_dir: server-cert.pem, server-key.pem (qemu's layout) */
+	VD_NBD_TLS_PSK,  /* tls_psk_file: psktool's username:hexkey lines */
+};
 
 struct vd_nbd_config {
 	const char *export_name; /* NULL: "" (the default export) */
@@ -52,6 +62,30 @@ struct vd_nbd_config {
 	 * only while some connection negotiates).
 	 */
 	uint32_t handshake_ms;
+	/*
+	 * A connection in transmission with no request in flight that has
+	 * received and sent nothing for this long is closed (a client that
+	 * stopped reading its replies included). 0: VD_NBD_DEF_IDLE_MS;
+	 * VD_NBD_IDLE_NEVER: never (the kernel client, nbdfuse).
+	 */
+	uint32_t idle_ms;
+	/*
+	 * Connections one peer may hold: a UNIX socket's peer is its uid
+	 * (SO_PEERCRED), a TCP peer its IP address. Beyond it, the new
+	 * connection is closed at accept, so one peer cannot take every slot.
+	 * 0: VD_NBD_DEF_MAX_PER_PEER (at most max_conns).
+	 */
+	unsigned int max_per_peer;
+	/*
+	 * TLS (NBD_OPT_STARTTLS): offered when not OFF; with tls_required,
+	 * every option but STARTTLS and ABORT is refused with
+	 * NBD_REP_ERR_TLS_REQD until TLS is up (EXPORT_NAME: closed), as
+	 * nbdkit --tls=require. Paths are read at create, not kept.
+	 */
+	enum vd_nbd_tls_mode tls;
+	const char *tls_certs_dir;
+	const char *tls_psk_file;
+	bool tls_required;
 };
 
 struct vd_nbd_thread_ops {
@@ -67,7 +101,10 @@ int vd_nbd_server_create(struct vd_image *img, const struct vd_nbd_config *cfg,
 /* Before the first accept; up to 64 threads. thread is borrowed. */
 int vd_nbd_server_add_thread(struct vd_nbd_server *s, const struct vd_nbd_thread_ops *ops,
 			     void *thread);
-/* Listen on a UNIX socket (replacing a stale one, mode 0600) or on TCP. */
+/*
+ * Listen on a UNIX socket (mode 0600; an existing path is replaced only if
+ * it is a socket nobody listens on: else -EEXIST or -EADDRINUSE) or on TCP.
+ */
 int vd_nbd_server_listen_unix(struct vd_nbd_server *s, const char *path, struct vd_err *err);
 int vd_nbd_server_listen_tcp(struct vd_nbd_server *s, const char *addr, uint16_t port,
 			     struct vd_err *err);

@@ -98,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pthread_mutex_lock(&g_srv->lock);
 	g_srv->nr_conns++;
 	pthread_mutex_unlock(&g_srv->lock);
-	vd_nbd_conn_start(&g_srv->threads[0], sv[1]);
+	vd_nbd_conn_start(&g_srv->threads[0], sv[1], NULL);
 	for (spins = 0; off < size && spins < 100000; spins++) {
 		ssize_t n = send(sv[0], data + off, size - off, MSG_NOSIGNAL | MSG_DONTWAIT);
 

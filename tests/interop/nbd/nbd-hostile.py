@@ -275,6 +275,33 @@ def _():
     assert closed(s)
 
 
+@case("zero-length WRITE/READ/TRIM/WRITE_ZEROES: success, no data, connection lives")
+def _():
+    # qemu-nbd answers these with success; a zero-length WRITE used to drop
+    # the connection without a reply
+    for structured in (False, True):
+        s = connect()
+        greet(s)
+        go(s, structured=structured)
+        for i, typ in enumerate((CMD_WRITE, CMD_WRITE, CMD_TRIM, CMD_WZ)):
+            req(s, typ, 4096, 0, cookie=10 + i, flags=1 if i == 1 else 0)
+            assert simple_reply(s, 10 + i) == 0, "type %d" % typ
+        req(s, CMD_READ, 0, 0, cookie=20)
+        if structured:
+            err, data = read_reply(s, 20, 0)
+            assert err == 0 and data == b""
+        else:
+            assert simple_reply(s, 20) == 0
+        req(s, CMD_READ, 0, 512, cookie=21)
+        if structured:
+            err, data = read_reply(s, 21, 512)
+        else:
+            err, data = simple_reply(s, 21), recvn(s, 512)
+        assert err == 0 and len(data) == 512
+        req(s, CMD_DISC, 0, 0)
+        assert closed(s)
+
+
 @case("bad request magic: connection closed")
 def _():
     s = connect()

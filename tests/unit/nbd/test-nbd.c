@@ -62,7 +62,7 @@ static void env_open(struct env *e, bool readonly)
 	e->srv->threads[0].ioctx = e->ioctx;
 	e->srv->threads[0].iq = e->iq;
 	e->srv->threads[0].bound = true;
-	vd_nbd_conn_start(&e->srv->threads[0], sv[1]);
+	vd_nbd_conn_start(&e->srv->threads[0], sv[1], NULL);
 }
 
 static void env_close(struct env *e)
@@ -357,6 +357,99 @@ static void test_hostile_negotiation(void **state)
 	env_close(&e);
 }
 
+/*
+ * Zero-length requests succeed with no data, as qemu-nbd answers them; a
+ * zero-length WRITE used to drop the connection without a reply (recv of
+ * 0 bytes taken for EOF) after a memcpy to a NULL buffer.
+ */
+static void test_zero_length(void **state)
+{
+	static const uint16_t types[] = { NBD_CMD_WRITE, NBD_CMD_READ, NBD_CMD_TRIM,
+					  NBD_CMD_WRITE_ZEROES, NBD_CMD_WRITE };
+	struct env e;
+	uint8_t h[20], back[512];
+
+	(void)state;
+	env_open(&e, false);
+	handshake(&e, false);
+	for (unsigned int i = 0; i < VD_ARRAY_SIZE(types); i++) {
+		request(&e, types[i], i == 4 ? NBD_CMD_FLAG_FUA : 0, 100 + i, 4096, 0);
+		assert_int_equal(simple(&e, 100 + i), 0);
+	}
+	/* past the end, even with no data: an error, the connection lives */
+	request(&e, NBD_CMD_WRITE, 0, 110, DISK + 4096, 0);
+	assert_int_equal(simple(&e, 110), NBD_ENOSPC);
+	request(&e, NBD_CMD_READ, 0, 111, 0, sizeof(back));
+	assert_int_equal(simple(&e, 111), 0);
+	assert_true(crecv(&e, back, sizeof(back)));
+	env_close(&e);
+
+	/* structured: a zero-length READ is one NONE chunk */
+	env_open(&e, false);
+	handshake(&e, true);
+	request(&e, NBD_CMD_WRITE, 0, 120, 0, 0);
+	assert_int_equal(simple(&e, 120), 0);
+	request(&e, NBD_CMD_READ, 0, 121, 0, 0);
+	assert_true(crecv(&e, h, 20));
+	assert_int_equal(nbd_get32(h), NBD_MAGIC_STRUCT_REPLY);
+	assert_int_equal(nbd_get16(h + 4), NBD_REPLY_FLAG_DONE);
+	assert_int_equal(nbd_get16(h + 6), NBD_REPLY_TYPE_NONE);
+	assert_int_equal(nbd_get32(h + 16), 0);
+	env_close(&e);
+}
+
+/* --tls-required: options before STARTTLS refused, EXPORT_NAME closes. */
+static void test_tls_required(void **state)
+{
+	struct env e;
+	uint8_t g[18], cf[4], buf[256], go[4 + 2] = { 0 };
+	uint32_t len;
+
+	(void)state;
+	env_open(&e, false);
+	e.srv->tls_required = true; /* no credentials: STARTTLS is refused too */
+	assert_true(crecv(&e, g, 18));
+	nbd_put32(cf, NBD_FLAG_C_FIXED_NEWSTYLE);
+	csend(&e, cf, 4);
+	opt(&e, NBD_OPT_GO, go, sizeof(go));
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_TLS_REQD);
+	opt(&e, NBD_OPT_LIST, NULL, 0);
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_TLS_REQD);
+	opt(&e, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_TLS_REQD);
+	opt(&e, NBD_OPT_STARTTLS, NULL, 0);
+	assert_int_equal(rep(&e, buf, sizeof(buf), &len), NBD_REP_ERR_POLICY);
+	opt(&e, NBD_OPT_EXPORT_NAME, NULL, 0);
+	pump(&e);
+	assert_false(crecv(&e, buf, 1));
+	env_close(&e);
+}
+
+/* The sweeper closes a connection idle in transmission, not a busy one. */
+static void test_idle_timeout(void **state)
+{
+	struct env e;
+	struct nbd_thread *t;
+	uint8_t back[512];
+
+	(void)state;
+	env_open(&e, false);
+	handshake(&e, false);
+	t = &e.srv->threads[0];
+	assert_true(t->conns != NULL && t->conns->transmission && t->tfd >= 0);
+	e.srv->idle_ns = 1000000000ull;
+	on_timer(t, 0); /* active just now: kept */
+	assert_false(t->conns->dead);
+	request(&e, NBD_CMD_READ, 0, 1, 0, sizeof(back));
+	assert_int_equal(simple(&e, 1), 0);
+	assert_true(crecv(&e, back, sizeof(back)));
+	t->conns->active_ns -= 2000000000ull; /* as if 2 s had passed */
+	on_timer(t, 0);
+	pump(&e);
+	assert_false(crecv(&e, back, 1)); /* closed */
+	env_close(&e);
+}
+
 /* The client vanishes with writes in flight: no leak, no crash (ASan). */
 static void test_vanish_in_flight(void **state)
 {
@@ -478,6 +571,9 @@ int main(void)
 		cmocka_unit_test(test_session_structured),
 		cmocka_unit_test(test_hostile_negotiation),
 		cmocka_unit_test(test_vanish_in_flight),
+		cmocka_unit_test(test_zero_length),
+		cmocka_unit_test(test_tls_required),
+		cmocka_unit_test(test_idle_timeout),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
