@@ -39,10 +39,19 @@
 #include "image/qcow2/qcow2-int.h"
 
 #define CHECK_MAX_CLUSTERS (256ull << 20)
+/* L1 bits 0-8 and 56-62 are reserved (bit 0 too, unlike QCOW2_L1_RESERVED) */
+#define CHK_L1_RESERVED    0x7f000000000001ffull
 
 /* Per cluster in chk.flags */
 #define CHK_INPLACE 1u /* header, active L1, refcount table: written in place, never shared */
 #define CHK_REFS    2u /* an old refcount table or block (replaced by a rebuild) */
+/* What a cluster holds; two of them in one cluster is an overlap */
+#define CHK_K_HDR   0x04u /* header or active L1 */
+#define CHK_K_RT    0x08u /* refcount table or block */
+#define CHK_K_L2    0x10u
+#define CHK_K_DATA  0x20u /* data or compressed data */
+#define CHK_K_SNAP  0x40u /* snapshot table or snapshot L1 */
+#define CHK_KINDS   0x7cu
 
 struct chk {
 	struct vd_image *img;
@@ -53,6 +62,7 @@ struct chk {
 	uint32_t *counts;    /* references per host cluster */
 	uint8_t *flags;      /* CHK_* per host cluster */
 	uint8_t *rs;         /* references from the refcount table and blocks */
+	uint8_t *seen;       /* repair: the flags of a first, read-only pass */
 	uint64_t nclusters;  /* entries of counts/flags */
 	uint64_t file_bytes; /* the file's size */
 	uint64_t end;        /* highest referenced cluster + 1 */
@@ -151,12 +161,32 @@ static int inc(struct chk *k, uint64_t off, uint64_t len, uint8_t flag)
 	return ret;
 }
 
-/* One L2 entry; true if it was changed (active tables, repair). */
-static bool check_l2_entry(struct chk *k, uint8_t *p, uint64_t l1i, uint64_t e, bool active)
+/*
+ * May a repair rewrite [off, off + len)? Not where the first pass saw two
+ * kinds of content in one cluster (say an L2 table that is also a data
+ * cluster): a fix there would change the other one, which may be data
+ * that reads. Such an overlap stays, and the re-check reports it.
+ */
+static bool may_write(const struct chk *k, uint64_t off, uint64_t len)
+{
+	if (!k->seen) {
+		return false;
+	}
+	for (uint64_t c = off >> k->s->cluster_bits;
+	     len && c <= (off + len - 1) >> k->s->cluster_bits && c < k->nclusters; c++) {
+		if (__builtin_popcount(k->seen[c] & CHK_KINDS) > 1) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* One L2 entry; true if it was changed (fix: a repair may rewrite it). */
+static bool check_l2_entry(struct chk *k, uint8_t *p, uint64_t l1i, uint64_t e, bool fix)
 {
 	struct qcow2_state *s = k->s;
 	uint64_t entry = qcow2_be64(p), host;
-	bool fix = k->repair && active, changed = false;
+	bool changed = false;
 
 	if (entry & QCOW2_OFLAG_COMPRESSED) {
 		unsigned int x = 62 - (s->cluster_bits - 8);
@@ -174,7 +204,7 @@ static bool check_l2_entry(struct chk *k, uint8_t *p, uint64_t l1i, uint64_t e, 
 		}
 		/* the sector count is an upper bound: never dropped, whatever it says */
 		host = entry & ((1ull << x) - 1);
-		(void)inc(k, host, nsec * 512 - (host & 511), 0);
+		(void)inc(k, host, nsec * 512 - (host & 511), CHK_K_DATA);
 		return changed;
 	}
 	if (entry & QCOW2_L2_RESERVED) {
@@ -208,7 +238,7 @@ static bool check_l2_entry(struct chk *k, uint8_t *p, uint64_t l1i, uint64_t e, 
 		}
 		return changed;
 	}
-	(void)inc(k, host, s->cluster_bytes, 0);
+	(void)inc(k, host, s->cluster_bytes, CHK_K_DATA);
 	return changed;
 }
 
@@ -216,24 +246,35 @@ static bool check_l2_entry(struct chk *k, uint8_t *p, uint64_t l1i, uint64_t e, 
 static int walk_l1(struct chk *k, uint64_t *l1, uint64_t l1_size, bool active, bool *l1_changed)
 {
 	struct qcow2_state *s = k->s;
-	bool fix = k->repair && active;
+	bool fix = k->repair && active && may_write(k, s->l1_offset, l1_size * 8);
 
 	for (uint64_t i = 0; i < l1_size; i++) {
 		uint64_t l2_off;
 		bool l2_changed = false;
 		int ret;
 
-		if (l1[i] & QCOW2_L1_RESERVED) {
+		if (l1[i] & CHK_L1_RESERVED) {
 			corruption(k);
 			problem(k, "L1 entry %llu with reserved bits set: 0x%llx",
 				(unsigned long long)i, (unsigned long long)l1[i]);
 			if (fix) {
-				l1[i] &= ~QCOW2_L1_RESERVED;
+				l1[i] &= ~CHK_L1_RESERVED;
 				*l1_changed = true;
 				fixed(k);
 			}
 		}
 		l2_off = l1[i] & QCOW2_OFFSET_MASK;
+		if (l2_off == 0 && (l1[i] & ~CHK_L1_RESERVED)) {
+			/* QEMU's check takes it for an L2 table at 0; reads, for none */
+			corruption(k);
+			problem(k, "L1 entry %llu: flags without an L2 table: 0x%llx",
+				(unsigned long long)i, (unsigned long long)l1[i]);
+			if (fix) {
+				l1[i] = 0;
+				*l1_changed = true;
+				fixed(k);
+			}
+		}
 		if (l2_off == 0) {
 			continue;
 		}
@@ -243,7 +284,7 @@ static int walk_l1(struct chk *k, uint64_t *l1, uint64_t l1_size, bool active, b
 				(unsigned long long)i, (unsigned long long)l2_off);
 		}
 		if (!VD_IS_ALIGNED(l2_off, s->cluster_bytes) ||
-		    inc(k, l2_off, s->cluster_bytes, 0) < 0) {
+		    inc(k, l2_off, s->cluster_bytes, CHK_K_L2) < 0) {
 			/* unreadable (EIO), or past the end (zeroes): nothing is lost */
 			if (fix) {
 				l1[i] = 0;
@@ -257,8 +298,9 @@ static int walk_l1(struct chk *k, uint64_t *l1, uint64_t l1_size, bool active, b
 			return ret;
 		}
 		for (uint64_t e = 0; e < s->l2_entries; e++) {
-			l2_changed |=
-				check_l2_entry(k, k->l2buf + e * s->l2_entry_bytes, i, e, active);
+			l2_changed |= check_l2_entry(
+				k, k->l2buf + e * s->l2_entry_bytes, i, e,
+				k->repair && active && may_write(k, l2_off, s->cluster_bytes));
 		}
 		if (l2_changed) {
 			ret = vd_qcow2_pwrite(s, k->l2buf, s->cluster_bytes, l2_off);
@@ -292,7 +334,7 @@ static int walk_snapshots(struct chk *k)
 			corruption(k);
 			problem(k, "snapshot %u: unaligned L1 table offset 0x%llx", i,
 				(unsigned long long)sn->l1_offset);
-		} else if (inc(k, sn->l1_offset, (uint64_t)sn->l1_size * 8, 0) == 0) {
+		} else if (inc(k, sn->l1_offset, (uint64_t)sn->l1_size * 8, CHK_K_SNAP) == 0) {
 			ret = vd_qcow2_pread_zfill(s, b, (uint64_t)sn->l1_size * 8, sn->l1_offset);
 			for (uint32_t j = 0; ret == 0 && j < sn->l1_size; j++) {
 				l1[j] = qcow2_be64(b + (size_t)j * 8);
@@ -307,6 +349,11 @@ static int walk_snapshots(struct chk *k)
 		if (ret == 0) {
 			ret = vd_qcow2_pread(s, h, 40, s->snapshots_offset + len);
 		}
+		if (ret == 0 && s->version >= 3 && qcow2_be32(h + 36) < 16) {
+			/* v3 entries carry the large VM state size and the disk size */
+			corruption(k);
+			problem(k, "snapshot table entry %u is incomplete", i);
+		}
 		if (ret == 0) {
 			len += VD_ALIGN_UP(40ull + qcow2_be32(h + 36) + qcow2_be16(h + 12) +
 						   qcow2_be16(h + 14),
@@ -314,7 +361,7 @@ static int walk_snapshots(struct chk *k)
 		}
 	}
 	if (ret == 0 && s->nb_snapshots) {
-		(void)inc(k, s->snapshots_offset, len, 0);
+		(void)inc(k, s->snapshots_offset, len, CHK_K_SNAP);
 	}
 	return ret;
 }
@@ -356,7 +403,7 @@ static int count_refblocks(struct chk *k)
 				(unsigned long long)i, (unsigned long long)off);
 			continue;
 		}
-		(void)inc(k, off, s->cluster_bytes, CHK_REFS);
+		(void)inc(k, off, s->cluster_bytes, CHK_REFS | CHK_K_RT);
 		if (k->counts[off >> s->cluster_bits] != 1) {
 			corruption(k);
 			k->rc_errors++;
@@ -375,8 +422,8 @@ static int count_all(struct chk *k, bool *l1_changed)
 	uint64_t rt_bytes = (uint64_t)s->reftable_clusters * s->cluster_bytes;
 	int ret;
 
-	(void)inc(k, 0, s->cluster_bytes, CHK_INPLACE);
-	(void)inc(k, s->l1_offset, (uint64_t)s->l1_size * 8, CHK_INPLACE);
+	(void)inc(k, 0, s->cluster_bytes, CHK_INPLACE | CHK_K_HDR);
+	(void)inc(k, s->l1_offset, (uint64_t)s->l1_size * 8, CHK_INPLACE | CHK_K_HDR);
 	ret = walk_l1(k, s->l1, s->l1_size, true, l1_changed);
 	if (ret == 0) {
 		ret = walk_snapshots(k);
@@ -384,7 +431,7 @@ static int count_all(struct chk *k, bool *l1_changed)
 	if (ret < 0) {
 		return ret;
 	}
-	if (inc(k, s->reftable_offset, rt_bytes, CHK_INPLACE | CHK_REFS) < 0) {
+	if (inc(k, s->reftable_offset, rt_bytes, CHK_INPLACE | CHK_REFS | CHK_K_RT) < 0) {
 		k->rebuild = true;
 		k->rc_errors++;
 	}
@@ -478,7 +525,7 @@ static int check_copied(struct chk *k, bool *l1_changed)
 		if (want != !!(s->l1[i] & QCOW2_OFLAG_COPIED)) {
 			corruption(k);
 			problem(k, "OFLAG_COPIED L2 cluster: l1_index=%llu", (unsigned long long)i);
-			if (k->repair) {
+			if (k->repair && may_write(k, s->l1_offset, (uint64_t)s->l1_size * 8)) {
 				s->l1[i] ^= QCOW2_OFLAG_COPIED;
 				*l1_changed = true;
 				fixed(k);
@@ -502,7 +549,7 @@ static int check_copied(struct chk *k, bool *l1_changed)
 				corruption(k);
 				problem(k, "OFLAG_COPIED data cluster: l2_entry=0x%llx",
 					(unsigned long long)entry);
-				if (k->repair) {
+				if (k->repair && may_write(k, l2_off, s->cluster_bytes)) {
 					qcow2_put_be64(p, entry ^ QCOW2_OFLAG_COPIED);
 					l2_changed = true;
 					fixed(k);
@@ -657,6 +704,25 @@ static int check_run(struct chk *k)
 	if (!k->counts || !k->flags || !k->rs || !k->l2buf) {
 		return -ENOMEM;
 	}
+	if (k->repair) {
+		/* a read-only first pass: where do structures overlap? */
+		k->repair = false;
+		ret = count_all(k, &l1_changed);
+		k->repair = true;
+		k->seen = k->flags;
+		k->flags = calloc(k->nclusters, 1);
+		free(k->reftable);
+		k->reftable = NULL;
+		memset(k->counts, 0, k->nclusters * sizeof(*k->counts));
+		memset(k->rs, 0, k->nclusters);
+		memset(k->res, 0, sizeof(*k->res));
+		k->rebuild = false;
+		k->rc_errors = 0;
+		k->end = 0;
+		if (ret < 0 || !k->flags) {
+			return ret < 0 ? ret : -ENOMEM;
+		}
+	}
 	ret = count_all(k, &l1_changed);
 	if (ret < 0) {
 		return ret;
@@ -717,6 +783,7 @@ int vd_qcow2_check(struct vd_image *img, bool repair, struct vd_check_result *re
 	}
 	free(k.counts);
 	free(k.flags);
+	free(k.seen);
 	free(k.rs);
 	free(k.reftable);
 	free(k.l2buf);

@@ -27,7 +27,7 @@
 #include "image/image-driver.h"
 #include "image/qcow2/qcow2-int.h"
 
-#define CB   65536u  /* the driver's default cluster size */
+#define CB   65536u /* the driver's default cluster size */
 #define SIZE (4u << 20)
 
 static char dir[512];
