@@ -67,6 +67,7 @@ struct chk {
 	uint64_t file_bytes; /* the file's size */
 	uint64_t end;        /* highest referenced cluster + 1 */
 	uint64_t rc_errors;  /* corruptions a rebuild fixes */
+	bool bad_snap_off;   /* no snapshots, and an unaligned table offset */
 	uint64_t *reftable;  /* as on disk (raw entries) */
 	uint8_t *l2buf;
 };
@@ -425,6 +426,13 @@ static int count_all(struct chk *k, bool *l1_changed)
 	(void)inc(k, 0, s->cluster_bytes, CHK_INPLACE | CHK_K_HDR);
 	(void)inc(k, s->l1_offset, (uint64_t)s->l1_size * 8, CHK_INPLACE | CHK_K_HDR);
 	ret = walk_l1(k, s->l1, s->l1_size, true, l1_changed);
+	if (s->nb_snapshots == 0 && !VD_IS_ALIGNED(s->snapshots_offset, s->cluster_bytes)) {
+		/* unused, but QEMU refuses to open the image */
+		corruption(k);
+		problem(k, "snapshot table offset 0x%llx is not aligned",
+			(unsigned long long)s->snapshots_offset);
+		k->bad_snap_off = true;
+	}
 	if (ret == 0) {
 		ret = walk_snapshots(k);
 	}
@@ -665,6 +673,15 @@ static int repair(struct chk *k, bool l1_changed)
 
 	if (l1_changed) {
 		ret = write_l1(s);
+	}
+	if (ret == 0 && k->bad_snap_off && may_write(k, 0, 72)) {
+		uint8_t z[8] = { 0 };
+
+		ret = vd_qcow2_write_header_field(s, 64, z, 8);
+		if (ret == 0) {
+			s->snapshots_offset = 0;
+			fixed(k);
+		}
 	}
 	if (ret == 0 && k->rebuild) {
 		ret = rebuild(k);
