@@ -455,7 +455,10 @@ def report(done):
                sum(1 for c in qc if c.qafter == 0 and c.vrepair == 0),
                sum(1 for c in cs if c.fail)]
         tot = [x + y for x, y in zip(tot, row)]
-        print("%-16s %5d %5d %5d %5d %5d %7d %5d" % ((f,) + tuple(row)))
+        cells = ["%d" % v for v in row]
+        if not qc:  # VHD: qemu-img has no vpc checker
+            cells[1] = cells[3] = cells[5] = "-"
+        print("%-16s %5s %5s %5s %5s %5s %7s %5s" % ((f,) + tuple(cells)))
     print("%-16s %5d %5d %5d %5d %5d %7d %5d" % (("total",) + tuple(tot)))
     qc = [c for c in done if c.base != "vhd"]
     grid = {}
