@@ -426,10 +426,16 @@ static int count_all(struct chk *k, bool *l1_changed)
 	(void)inc(k, 0, s->cluster_bytes, CHK_INPLACE | CHK_K_HDR);
 	(void)inc(k, s->l1_offset, (uint64_t)s->l1_size * 8, CHK_INPLACE | CHK_K_HDR);
 	ret = walk_l1(k, s->l1, s->l1_size, true, l1_changed);
-	if (s->nb_snapshots == 0 && !VD_IS_ALIGNED(s->snapshots_offset, s->cluster_bytes)) {
+	if (s->autoclear & 2 && !(s->incompat & QCOW2_INCOMPAT_DATA_FILE)) {
+		/* raw external data without a data file: QEMU refuses the image */
+		corruption(k);
+		problem(k, "autoclear bit 1 (data-file-raw) without a data file");
+	}
+	if (s->nb_snapshots == 0 && (!VD_IS_ALIGNED(s->snapshots_offset, s->cluster_bytes) ||
+				     s->snapshots_offset > (uint64_t)INT64_MAX)) {
 		/* unused, but QEMU refuses to open the image */
 		corruption(k);
-		problem(k, "snapshot table offset 0x%llx is not aligned",
+		problem(k, "bad snapshot table offset 0x%llx",
 			(unsigned long long)s->snapshots_offset);
 		k->bad_snap_off = true;
 	}

@@ -305,6 +305,23 @@ static void test_reftable_over_data(void **state)
 	assert_true(check_ro(path).corruptions > 0);
 }
 
+static void test_header_qemu_refuses(void **state)
+{
+	char path[600];
+
+	/* no snapshots, but a snapshot table offset QEMU will not open */
+	make(path, sizeof(path), "snap-off.qcow2");
+	put64(path, 64, 0x1234);
+	expect_repair(path, VD_CHECK_CLEAN);
+	make(path, sizeof(path), "snap-off-high.qcow2");
+	put64(path, 64, 1ull << 63);
+	expect_repair(path, VD_CHECK_CLEAN);
+	/* autoclear data-file-raw without a data file */
+	make(path, sizeof(path), "autoclear.qcow2");
+	put64(path, 88, 2);
+	expect_repair(path, VD_CHECK_CLEAN);
+}
+
 /* ---- 4. a flipped bit in an unused refcount-table entry ---- */
 
 static void test_unused_reftable_entry(void **state)
@@ -340,6 +357,7 @@ int main(void)
 		cmocka_unit_test(test_reserved_bits),
 		cmocka_unit_test(test_referenced_twice),
 		cmocka_unit_test(test_reftable_over_data),
+		cmocka_unit_test(test_header_qemu_refuses),
 		cmocka_unit_test(test_unused_reftable_entry),
 	};
 
