@@ -432,95 +432,125 @@ static bool all_zero(const unsigned char *p, size_t len)
 
 /* ---- check ---- */
 
+/* res: the final check; rep: what a repair fixed (NULL: no repair). */
+static void print_check(FILE *out, const char *path, const char *format,
+			const struct vd_check_result *res, const struct vd_check_result *rep,
+			bool json)
+{
+	uint64_t corrupt = res->corruptions, leaks = res->leaks;
+	uint64_t cfix = rep ? rep->corruptions_fixed : 0, lfix = rep ? rep->leaks_fixed : 0;
+
+	if (json) {
+		(void)fputs("{\"filename\": ", out);
+		vd_ctl_json_string(out, path);
+		(void)fputs(", \"format\": ", out);
+		vd_ctl_json_string(out, format);
+		fprintf(out,
+			", \"check-errors\": 0, \"corruptions\": %" PRIu64 ", \"leaks\": %" PRIu64
+			", \"corruptions-fixed\": %" PRIu64 ", \"leaks-fixed\": %" PRIu64
+			", \"allocated-clusters\": %" PRIu64 ", \"total-clusters\": %" PRIu64,
+			corrupt, leaks, cfix, lfix, res->allocated_units, res->total_units);
+		if (res->first_problem[0]) {
+			(void)fputs(", \"first-problem\": ", out);
+			vd_ctl_json_string(out, res->first_problem);
+		}
+		(void)fputs("}\n", out);
+		return;
+	}
+	if (rep && rep->first_problem[0]) {
+		fprintf(out, "%s\n", rep->first_problem);
+	}
+	if (cfix || lfix) {
+		fprintf(out,
+			"The following inconsistencies were found and repaired:\n\n"
+			"    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n",
+			lfix, cfix);
+	}
+	if (rep) {
+		fprintf(out, "Double checking the fixed image now...\n");
+	}
+	if (res->first_problem[0]) {
+		fprintf(out, "%s\n", res->first_problem);
+	}
+	if (corrupt == 0 && leaks == 0) {
+		fprintf(out, "No errors were found on the image.\n");
+	}
+	if (corrupt) {
+		fprintf(out,
+			"\n%" PRIu64 " errors were found on the image.\n"
+			"Data may be corrupted, or further writes to the image may corrupt it.\n",
+			corrupt);
+	}
+	if (leaks) {
+		fprintf(out,
+			"\n%" PRIu64 " leaked clusters were found on the image.\n"
+			"This means waste of disk space, but no harm to data.\n",
+			leaks);
+	}
+	if (res->total_units) {
+		fprintf(out, "%" PRIu64 "/%" PRIu64 " = %.2f%% allocated\n", res->allocated_units,
+			res->total_units,
+			100.0 * (double)res->allocated_units / (double)res->total_units);
+	}
+}
+
+/*
+ * check [--repair]. The verdict of a repair is that of a fresh check of
+ * the repaired image, opened again from the file (as qemu-img's "Double
+ * checking the fixed image now"), never the repair's own count.
+ */
 int vd_imgtool_check(const char *path, const char *format, bool repair, bool json, FILE *out,
 		     struct vd_err *err)
 {
-	struct vd_check_result res;
+	struct vd_check_result res, rep;
 	struct vd_image_info info;
 	struct vd_err cerr = { 0 };
 	struct vd_image *img;
-	uint64_t corrupt, leaks;
-	int ret, code;
+	char fmt[16];
+	int ret;
 
 	ret = open_image(path, format, !repair, &img, err);
 	if (ret < 0) {
 		return ret;
 	}
 	vd_image_get_info(img, &info);
+	snprintf(fmt, sizeof(fmt), "%s", info.format);
 	ret = vd_image_check(img, repair, &res, &cerr);
 	if (ret == -EOPNOTSUPP) {
 		if (json) {
 			(void)fputs("{\"filename\": ", out);
 			vd_ctl_json_string(out, path);
 			(void)fputs(", \"format\": ", out);
-			vd_ctl_json_string(out, info.format);
+			vd_ctl_json_string(out, fmt);
 			(void)fputs(", \"check-errors\": 0, \"corruptions\": 0, \"leaks\": 0, "
 				    "\"metadata\": false}\n",
 				    out);
 		} else {
-			fprintf(out, "%s: %s image, no metadata to check\n", path, info.format);
+			fprintf(out, "%s: %s image, no metadata to check\n", path, fmt);
 		}
 		vd_image_close(img);
 		return VD_CHECK_CLEAN;
 	}
+	vd_image_close(img);
 	if (ret < 0) {
-		vd_image_close(img);
 		*err = cerr;
 		return ret;
 	}
-	corrupt = res.corruptions - VD_MIN(res.corruptions, res.corruptions_fixed);
-	leaks = res.leaks - VD_MIN(res.leaks, res.leaks_fixed);
-	if (json) {
-		(void)fputs("{\"filename\": ", out);
-		vd_ctl_json_string(out, path);
-		(void)fputs(", \"format\": ", out);
-		vd_ctl_json_string(out, info.format);
-		fprintf(out,
-			", \"check-errors\": 0, \"corruptions\": %" PRIu64 ", \"leaks\": %" PRIu64
-			", \"corruptions-fixed\": %" PRIu64 ", \"leaks-fixed\": %" PRIu64
-			", \"allocated-clusters\": %" PRIu64 ", \"total-clusters\": %" PRIu64,
-			corrupt, leaks, res.corruptions_fixed, res.leaks_fixed, res.allocated_units,
-			res.total_units);
-		if (res.first_problem[0]) {
-			(void)fputs(", \"first-problem\": ", out);
-			vd_ctl_json_string(out, res.first_problem);
+	if (repair) {
+		rep = res;
+		ret = open_image(path, fmt, true, &img, err);
+		if (ret < 0) {
+			return ret;
 		}
-		(void)fputs("}\n", out);
-	} else {
-		if (res.first_problem[0]) {
-			fprintf(out, "%s\n", res.first_problem);
-		}
-		if (res.corruptions_fixed || res.leaks_fixed) {
-			fprintf(out,
-				"The following inconsistencies were found and repaired:\n\n"
-				"    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n",
-				res.leaks_fixed, res.corruptions_fixed);
-		}
-		if (corrupt == 0 && leaks == 0) {
-			fprintf(out, "No errors were found on the image.\n");
-		}
-		if (corrupt) {
-			fprintf(out,
-				"\n%" PRIu64 " errors were found on the image.\n"
-				"Data may be corrupted, or further writes to the image may corrupt "
-				"it.\n",
-				corrupt);
-		}
-		if (leaks) {
-			fprintf(out,
-				"\n%" PRIu64 " leaked clusters were found on the image.\n"
-				"This means waste of disk space, but no harm to data.\n",
-				leaks);
-		}
-		if (res.total_units) {
-			fprintf(out, "%" PRIu64 "/%" PRIu64 " = %.2f%% allocated\n",
-				res.allocated_units, res.total_units,
-				100.0 * (double)res.allocated_units / (double)res.total_units);
+		ret = vd_image_check(img, false, &res, &cerr);
+		vd_image_close(img);
+		if (ret < 0) {
+			*err = cerr;
+			return ret;
 		}
 	}
-	vd_image_close(img);
-	code = corrupt ? VD_CHECK_CORRUPT : leaks ? VD_CHECK_LEAKS : VD_CHECK_CLEAN;
-	return code;
+	print_check(out, path, fmt, &res, repair ? &rep : NULL, json);
+	return res.corruptions ? VD_CHECK_CORRUPT : res.leaks ? VD_CHECK_LEAKS : VD_CHECK_CLEAN;
 }
 
 /* ---- map ---- */

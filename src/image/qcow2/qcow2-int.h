@@ -6,7 +6,8 @@
  *                     close, info, create, resize, queue setup, the vtable
  *   qcow2-l2.c        L1/L2 entry decoding, the L2 slice cache, block status
  *   qcow2-refcount.c  refcounts in memory, cluster allocation, deferred
- *                     frees, metadata write-back, check and repair
+ *                     frees, metadata write-back
+ *   qcow2-check.c     check and repair (the rules of qemu-img check)
  *   qcow2-io.c        the request path (read, write, discard, flush) and the
  *                     cross-queue forwarding to the metadata owner
  *   qcow2-flush.c     the asynchronous metadata write-back of the owner
@@ -243,8 +244,9 @@ struct qcow2_state {
 	uint64_t refcount_max;
 	uint64_t refs_per_block;
 	uint64_t reftable_entries;
-	uint64_t *reftable;  /* host offsets of refcount blocks */
-	uint8_t **refblocks; /* loaded blocks or NULL */
+	uint64_t *reftable;    /* host offsets of refcount blocks */
+	uint64_t reftable_bad; /* entries ignored at load: invalid offsets */
+	uint8_t **refblocks;   /* loaded blocks or NULL */
 	bool *refblock_dirty;
 	bool refcounts_dirty;
 	bool reftable_dirty;     /* a refcount block was added since the table was written */
@@ -442,6 +444,9 @@ void vd_qcow2_apply_frees(struct vd_image *img, uint32_t n);
 /* Write the refcount table (a block was added): buf (reftable_entries x 8). */
 void vd_qcow2_reftable_encode(struct qcow2_state *s, uint8_t *buf);
 bool vd_qcow2_metadata_dirty(struct qcow2_state *s);
+/* qcow2-check.c */
+/* Read len bytes at off; what lies past the end of the file reads as zeroes. */
+int vd_qcow2_pread_zfill(struct qcow2_state *s, void *buf, uint64_t len, uint64_t off);
 int vd_qcow2_check(struct vd_image *img, bool repair, struct vd_check_result *res,
 		   struct vd_err *err);
 

@@ -1,6 +1,6 @@
 /*
  * qcow2: refcounts, cluster allocation, deferred frees, metadata write-back
- * and check/repair (QEMU qcow2-refcount.c).
+ * (QEMU qcow2-refcount.c); check and repair are in qcow2-check.c.
  *
  * A writable image keeps its refcount blocks in memory (loaded at open;
  * their size is bounded by the file's). Allocation scans from free_cursor
@@ -20,8 +20,6 @@
 
 #include "common/log.h"
 #include "image/qcow2/qcow2-int.h"
-
-#define CHECK_MAX_CLUSTERS (256ull << 20)
 
 static uint64_t rc_decode(const uint8_t *blk, unsigned int order, uint64_t i)
 {
@@ -107,6 +105,7 @@ int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 	s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX : (1ull << s->refcount_bits) - 1;
 	s->refs_per_block = s->cluster_bytes * 8 / s->refcount_bits;
 	s->reftable_entries = (uint64_t)s->reftable_clusters * s->cluster_bytes / 8;
+	s->reftable_bad = 0;
 	s->reftable = calloc(s->reftable_entries, sizeof(*s->reftable));
 	s->refblocks = calloc(s->reftable_entries, sizeof(*s->refblocks));
 	s->refblock_dirty = calloc(s->reftable_entries, sizeof(*s->refblock_dirty));
@@ -116,20 +115,29 @@ int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 		vd_qcow2_refcounts_free(s);
 		return vd_err_set(err, ENOMEM, "out of memory");
 	}
-	ret = vd_qcow2_pread(s, buf, s->reftable_entries * 8, s->reftable_offset);
+	/* past the end of the file the table reads as zeroes (as in QEMU) */
+	ret = vd_qcow2_pread_zfill(s, buf, s->reftable_entries * 8, s->reftable_offset);
 	if (ret < 0) {
 		free(buf);
 		vd_qcow2_refcounts_free(s);
 		return vd_err_set(err, -ret, "%s: reading the refcount table", img->path);
 	}
 	for (uint64_t i = 0; i < s->reftable_entries; i++) {
-		uint64_t off = qcow2_be64(buf + i * 8) & ~511ull;
+		uint64_t raw = qcow2_be64(buf + i * 8), off = raw & ~511ull;
 
-		if (off == 0) {
+		if (raw == 0) {
 			continue;
 		}
-		if (!VD_IS_ALIGNED(off, s->cluster_bytes) || off >= fsz ||
-		    ++nonzero > fsz / s->cluster_bytes + 1) {
+		if ((raw & 511) || !VD_IS_ALIGNED(off, s->cluster_bytes) || off >= fsz) {
+			/*
+			 * A bad entry (QEMU opens such images too): the range
+			 * it covers counts as without refcounts, the image as
+			 * corrupt (no writes) until check --repair rebuilds.
+			 */
+			s->reftable_bad++;
+			continue;
+		}
+		if (++nonzero > fsz / s->cluster_bytes + 1) {
 			free(buf);
 			vd_qcow2_refcounts_free(s);
 			return vd_err_set(err, EINVAL,
@@ -624,483 +632,4 @@ int vd_qcow2_metadata_flush(struct vd_image *img)
 	}
 	vd_qcow2_apply_frees(img, s->nr_frees);
 	return 0;
-}
-
-/* ---- check and repair ---- */
-
-struct chk {
-	struct vd_image *img;
-	struct qcow2_state *s;
-	uint32_t *counts;
-	uint64_t nclusters;
-	struct vd_check_result *res;
-	bool repair;
-	uint8_t *l2buf;
-};
-
-static void problem(struct chk *k, const char *fmt, ...) VD_PRINTF(2, 3);
-static void problem(struct chk *k, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (k->res->first_problem[0]) {
-		return;
-	}
-	va_start(ap, fmt);
-	(void)vsnprintf(k->res->first_problem, sizeof(k->res->first_problem), fmt, ap);
-	va_end(ap);
-}
-
-static int inc(struct chk *k, uint64_t off, uint64_t len)
-{
-	uint64_t first, last;
-
-	if (len == 0) {
-		return 0;
-	}
-	first = off >> k->s->cluster_bits;
-	last = (off + len - 1) >> k->s->cluster_bits;
-	if (last >= k->nclusters || off + len < off) {
-		k->res->corruptions++;
-		problem(k, "reference to 0x%llx beyond the end of the file",
-			(unsigned long long)off);
-		return -1;
-	}
-	for (uint64_t c = first; c <= last; c++) {
-		if (k->counts[c] != UINT32_MAX) {
-			k->counts[c]++;
-		}
-	}
-	return 0;
-}
-
-/* Walk one L1 table (count its L2 tables and their clusters). */
-static int walk_l1(struct chk *k, uint64_t *l1, uint64_t l1_size, bool active, bool *l1_changed)
-{
-	struct qcow2_state *s = k->s;
-
-	for (uint64_t i = 0; i < l1_size; i++) {
-		uint64_t l2_off = l1[i] & QCOW2_OFFSET_MASK;
-		bool l2_changed = false;
-		int ret;
-
-		if (l2_off == 0) {
-			continue;
-		}
-		if (!VD_IS_ALIGNED(l2_off, s->cluster_bytes) ||
-		    l2_off >= k->nclusters * s->cluster_bytes) {
-			k->res->corruptions++;
-			problem(k, "L1 entry %llu: bad L2 table offset 0x%llx",
-				(unsigned long long)i, (unsigned long long)l2_off);
-			if (k->repair && active) {
-				l1[i] = 0;
-				*l1_changed = true;
-				k->res->corruptions_fixed++;
-			}
-			continue;
-		}
-		inc(k, l2_off, s->cluster_bytes);
-		ret = vd_qcow2_pread(s, k->l2buf, s->cluster_bytes, l2_off);
-		if (ret < 0) {
-			return ret;
-		}
-		for (uint64_t e = 0; e < s->l2_entries; e++) {
-			uint8_t *p = k->l2buf + e * s->l2_entry_bytes;
-			uint64_t entry = qcow2_be64(p), bitmap = s->ext_l2 ? qcow2_be64(p + 8) : 0;
-			enum qcow2_kind kind;
-			uint64_t host, clen;
-
-			if (entry == 0) {
-				continue;
-			}
-			if (vd_qcow2_decode(s, entry, bitmap, 0, &kind, &host, &clen) < 0 &&
-			    !(entry & QCOW2_OFLAG_COMPRESSED) &&
-			    !VD_IS_ALIGNED(entry & QCOW2_OFFSET_MASK, s->cluster_bytes)) {
-				k->res->corruptions++;
-				problem(k, "L2 entry 0x%llx: unaligned cluster offset",
-					(unsigned long long)entry);
-				if (k->repair && active) {
-					memset(p, 0, s->l2_entry_bytes);
-					l2_changed = true;
-					k->res->corruptions_fixed++;
-				}
-				continue;
-			}
-			if (entry & QCOW2_OFLAG_COMPRESSED) {
-				unsigned int x = 62 - (s->cluster_bits - 8);
-				uint64_t nsec = (entry >> x) & ((1ull << (62 - x)) - 1);
-
-				host = entry & ((1ull << x) - 1);
-				if (inc(k, host & ~511ull, (nsec + 1) * 512) < 0 && k->repair &&
-				    active) {
-					memset(p, 0, s->l2_entry_bytes);
-					l2_changed = true;
-					k->res->corruptions_fixed++;
-				}
-				continue;
-			}
-			host = entry & QCOW2_OFFSET_MASK;
-			if (host && inc(k, host, s->cluster_bytes) < 0 && k->repair && active) {
-				memset(p, 0, s->l2_entry_bytes);
-				l2_changed = true;
-				k->res->corruptions_fixed++;
-			}
-		}
-		if (l2_changed) {
-			ret = vd_qcow2_pwrite(s, k->l2buf, s->cluster_bytes, l2_off);
-			if (ret < 0) {
-				return ret;
-			}
-		}
-	}
-	return 0;
-}
-
-/* COPIED must be set exactly where the refcount is 1 (active tables). */
-static int check_copied(struct chk *k, bool *l1_changed)
-{
-	struct qcow2_state *s = k->s;
-
-	for (uint64_t i = 0; i < s->l1_size; i++) {
-		uint64_t l2_off = s->l1[i] & QCOW2_OFFSET_MASK;
-		bool l2_changed = false, want;
-		int ret;
-
-		if (l2_off == 0 || !VD_IS_ALIGNED(l2_off, s->cluster_bytes) ||
-		    (l2_off >> s->cluster_bits) >= k->nclusters) {
-			continue;
-		}
-		want = k->counts[l2_off >> s->cluster_bits] == 1;
-		if (want != !!(s->l1[i] & QCOW2_OFLAG_COPIED)) {
-			k->res->corruptions++;
-			problem(k, "OFLAG_COPIED L2 cluster: l1_index=%llu", (unsigned long long)i);
-			if (k->repair) {
-				s->l1[i] = want ? s->l1[i] | QCOW2_OFLAG_COPIED
-						: s->l1[i] & ~QCOW2_OFLAG_COPIED;
-				*l1_changed = true;
-				k->res->corruptions_fixed++;
-			}
-		}
-		ret = vd_qcow2_pread(s, k->l2buf, s->cluster_bytes, l2_off);
-		if (ret < 0) {
-			return ret;
-		}
-		for (uint64_t e = 0; e < s->l2_entries; e++) {
-			uint8_t *p = k->l2buf + e * s->l2_entry_bytes;
-			uint64_t entry = qcow2_be64(p), host = entry & QCOW2_OFFSET_MASK;
-
-			if ((entry & QCOW2_OFLAG_COMPRESSED) || host == 0 ||
-			    !VD_IS_ALIGNED(host, s->cluster_bytes) ||
-			    (host >> s->cluster_bits) >= k->nclusters) {
-				continue;
-			}
-			want = k->counts[host >> s->cluster_bits] == 1;
-			if (want != !!(entry & QCOW2_OFLAG_COPIED)) {
-				k->res->corruptions++;
-				problem(k, "OFLAG_COPIED data cluster: l2_entry=0x%llx",
-					(unsigned long long)entry);
-				if (k->repair) {
-					entry = want ? entry | QCOW2_OFLAG_COPIED
-						     : entry & ~QCOW2_OFLAG_COPIED;
-					qcow2_put_be64(p, entry);
-					l2_changed = true;
-					k->res->corruptions_fixed++;
-				}
-			}
-		}
-		if (l2_changed) {
-			ret = vd_qcow2_pwrite(s, k->l2buf, s->cluster_bytes, l2_off);
-			if (ret < 0) {
-				return ret;
-			}
-		}
-	}
-	return 0;
-}
-
-/* A new refcount table and blocks from counts, at the end of the file. */
-static int rebuild(struct chk *k)
-{
-	struct qcow2_state *s = k->s;
-	uint64_t rpb = s->refs_per_block, per = s->cluster_bytes / 8;
-	uint64_t E = k->nclusters, nb = 1, nt = 1;
-	uint8_t *buf;
-	int ret = 0;
-
-	for (int it = 0; it < 64; it++) {
-		uint64_t nb2 = VD_DIV_ROUND_UP(E + nb + nt, rpb);
-		uint64_t nt2 = VD_DIV_ROUND_UP(nb2, per);
-
-		if (nb2 == nb && nt2 == nt) {
-			break;
-		}
-		nb = VD_MAX(nb, nb2);
-		nt = VD_MAX(nt, nt2);
-	}
-	if (nt * s->cluster_bytes > QCOW2_MAX_REFTABLE_BYTES) {
-		return -EFBIG;
-	}
-	/* the old table and blocks are replaced: not references any more */
-	for (uint64_t c = 0; c < s->reftable_clusters; c++) {
-		uint64_t i = (s->reftable_offset >> s->cluster_bits) + c;
-
-		if (i < E && k->counts[i]) {
-			k->counts[i]--;
-		}
-	}
-	for (uint64_t b = 0; b < s->reftable_entries; b++) {
-		uint64_t i = s->reftable[b] >> s->cluster_bits;
-
-		if (s->reftable[b] && i < E && k->counts[i]) {
-			k->counts[i]--;
-		}
-	}
-	buf = vd_qcow2_alloc_buf(s->cluster_bytes);
-	if (!buf) {
-		return -ENOMEM;
-	}
-	for (uint64_t b = 0; b < nb && ret == 0; b++) {
-		memset(buf, 0, s->cluster_bytes);
-		for (uint64_t i = 0; i < rpb; i++) {
-			uint64_t c = b * rpb + i, v;
-
-			if (c < E) {
-				v = VD_MIN((uint64_t)k->counts[c], s->refcount_max);
-			} else {
-				v = c < E + nb + nt ? 1 : 0;
-			}
-			if (v) {
-				vd_qcow2_refcount_encode(buf, s->refcount_order, i, v);
-			}
-		}
-		ret = vd_qcow2_pwrite(s, buf, s->cluster_bytes, (E + b) * s->cluster_bytes);
-	}
-	for (uint64_t t = 0; t < nt && ret == 0; t++) {
-		memset(buf, 0, s->cluster_bytes);
-		for (uint64_t i = 0; i < per; i++) {
-			uint64_t b = t * per + i;
-
-			if (b < nb) {
-				qcow2_put_be64(buf + i * 8, (E + b) * s->cluster_bytes);
-			}
-		}
-		ret = vd_qcow2_pwrite(s, buf, s->cluster_bytes, (E + nb + t) * s->cluster_bytes);
-	}
-	free(buf);
-	if (ret == 0) {
-		ret = vd_qcow2_fsync(s);
-	}
-	if (ret == 0) {
-		uint8_t h[12];
-
-		qcow2_put_be64(h, (E + nb) * s->cluster_bytes);
-		qcow2_put_be32(h + 8, (uint32_t)nt);
-		ret = vd_qcow2_write_header_field(s, 48, h, 12);
-	}
-	if (ret == 0) {
-		ret = vd_qcow2_fsync(s);
-	}
-	if (ret == 0) {
-		s->reftable_offset = (E + nb) * s->cluster_bytes;
-		s->reftable_clusters = (uint32_t)nt;
-	}
-	return ret;
-}
-
-static void cache_drop(struct qcow2_state *s)
-{
-	/* nothing is dirty or loading here: forget every slice */
-	memset(s->hash, 0, ((size_t)s->hash_mask + 1) * sizeof(*s->hash)); /* NOLINT */
-	for (uint32_t i = 0; i < s->nr_slices; i++) {
-		s->slices[i].key = 0;
-		s->slices[i].hnext = NULL;
-	}
-}
-
-int vd_qcow2_check(struct vd_image *img, bool repair, struct vd_check_result *res,
-		   struct vd_err *err)
-{
-	struct qcow2_state *s = qcow2_s(img);
-	bool loaded_here = false, l1_changed = false;
-	uint64_t mismatches = 0;
-	struct chk k = { .img = img, .s = s, .res = res, .repair = repair };
-	int ret;
-
-	memset(res, 0, sizeof(*res));
-	if (repair && img->readonly) {
-		return vd_err_set(err, EROFS, "%s: read-only", img->path);
-	}
-	if (!s->refcounts_loaded) {
-		ret = vd_qcow2_refcounts_load(img, err);
-		if (ret < 0) {
-			return ret;
-		}
-		loaded_here = true;
-	} else if (!img->readonly && !img->corrupt) {
-		ret = vd_qcow2_metadata_flush(img);
-		if (ret < 0) {
-			return vd_err_set(err, -ret, "%s: writing metadata back", img->path);
-		}
-	}
-	k.nclusters = VD_DIV_ROUND_UP(file_size(s), s->cluster_bytes);
-	k.nclusters = VD_MAX(k.nclusters, s->file_end_bytes / s->cluster_bytes);
-	if (k.nclusters > CHECK_MAX_CLUSTERS) {
-		ret = vd_err_set(err, EFBIG, "%s: too many clusters to check (%llu)", img->path,
-				 (unsigned long long)k.nclusters);
-		goto out;
-	}
-	k.counts = calloc(k.nclusters ? k.nclusters : 1, sizeof(*k.counts));
-	k.l2buf = vd_qcow2_alloc_buf(s->cluster_bytes);
-	if (!k.counts || !k.l2buf) {
-		ret = vd_err_set(err, ENOMEM, "out of memory");
-		goto out;
-	}
-	inc(&k, 0, s->cluster_bytes);
-	inc(&k, s->l1_offset, (uint64_t)s->l1_size * 8);
-	ret = walk_l1(&k, s->l1, s->l1_size, true, &l1_changed);
-	if (ret < 0) {
-		vd_err_set(err, -ret, "%s: reading L2 tables", img->path);
-		goto out;
-	}
-	if (s->nb_snapshots) {
-		uint64_t len = 0;
-
-		for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-			struct qcow2_snapshot *sn = &s->snapshots[i];
-			uint64_t *l1 = calloc(VD_MAX(sn->l1_size, 1u), sizeof(*l1));
-			uint8_t *b = vd_qcow2_alloc_buf((uint64_t)sn->l1_size * 8);
-			bool dummy = false;
-
-			if (!l1 || !b) {
-				free(l1);
-				free(b);
-				ret = vd_err_set(err, ENOMEM, "out of memory");
-				goto out;
-			}
-			ret = sn->l1_size ? vd_qcow2_pread(s, b, (uint64_t)sn->l1_size * 8,
-							   sn->l1_offset)
-					  : 0;
-			for (uint32_t j = 0; ret == 0 && j < sn->l1_size; j++) {
-				l1[j] = qcow2_be64(b + (size_t)j * 8);
-			}
-			if (ret == 0) {
-				inc(&k, sn->l1_offset, (uint64_t)sn->l1_size * 8);
-				ret = walk_l1(&k, l1, sn->l1_size, false, &dummy);
-			}
-			free(l1);
-			free(b);
-			if (ret < 0) {
-				vd_err_set(err, -ret, "%s: reading snapshot %u", img->path, i);
-				goto out;
-			}
-			len += VD_ALIGN_UP(40ull + strlen(sn->id) + strlen(sn->name) + 16, 8ull);
-		}
-		/* the table's exact length: re-read the entry headers */
-		len = 0;
-		for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-			uint8_t h[40];
-
-			ret = vd_qcow2_pread(s, h, 40, s->snapshots_offset + len);
-			if (ret < 0) {
-				vd_err_set(err, -ret, "%s: reading the snapshot table", img->path);
-				goto out;
-			}
-			len += VD_ALIGN_UP(40ull + qcow2_be32(h + 36) + qcow2_be16(h + 12) +
-						   qcow2_be16(h + 14),
-					   8ull);
-		}
-		inc(&k, s->snapshots_offset, len);
-	}
-	inc(&k, s->reftable_offset, (uint64_t)s->reftable_clusters * s->cluster_bytes);
-	for (uint64_t i = 0; i < s->reftable_entries; i++) {
-		if (s->reftable[i]) {
-			inc(&k, s->reftable[i], s->cluster_bytes);
-		}
-	}
-	ret = check_copied(&k, &l1_changed);
-	if (ret < 0) {
-		vd_err_set(err, -ret, "%s: reading L2 tables", img->path);
-		goto out;
-	}
-	for (uint64_t c = 0; c < k.nclusters; c++) {
-		uint64_t r = vd_qcow2_refcount_get(s, c), n = k.counts[c];
-
-		if (n) {
-			res->allocated_units++;
-		}
-		if (r == n) {
-			continue;
-		}
-		mismatches++;
-		if (r > n) {
-			res->leaks++;
-			if (!res->first_problem[0]) {
-				problem(&k, "leaked cluster %llu refcount=%llu reference=%llu",
-					(unsigned long long)c, (unsigned long long)r,
-					(unsigned long long)n);
-			}
-		} else {
-			res->corruptions++;
-			problem(&k, "cluster %llu refcount=%llu reference=%llu",
-				(unsigned long long)c, (unsigned long long)r,
-				(unsigned long long)n);
-		}
-	}
-	/* clusters past the end with a refcount (never written) are leaks too */
-	for (uint64_t c = k.nclusters; c < s->reftable_entries * s->refs_per_block; c++) {
-		if (s->refblocks[c / s->refs_per_block] == NULL) {
-			c = (c / s->refs_per_block + 1) * s->refs_per_block - 1;
-			continue;
-		}
-		if (vd_qcow2_refcount_get(s, c)) {
-			res->leaks++;
-			mismatches++;
-		}
-	}
-	res->total_units = k.nclusters;
-	ret = 0;
-	if (repair) {
-		if (l1_changed) {
-			for (uint32_t i = 0; i < s->l1_size; i++) {
-				s->l1_dirty[i] = true;
-			}
-			s->l1_any_dirty = true;
-			ret = vd_qcow2_l1_writeback(s);
-			if (ret == 0) {
-				ret = vd_qcow2_fsync(s);
-			}
-		}
-		if (ret == 0 && mismatches) {
-			ret = rebuild(&k);
-			if (ret == 0) {
-				uint64_t refcount_errors =
-					res->corruptions - res->corruptions_fixed;
-
-				res->leaks_fixed = res->leaks;
-				res->corruptions_fixed += refcount_errors;
-			}
-		}
-		cache_drop(s);
-		if (ret == 0) {
-			vd_qcow2_refcounts_free(s);
-			ret = vd_qcow2_refcounts_load(img, err);
-			if (ret < 0) {
-				goto out;
-			}
-			loaded_here = false;
-		}
-		if (ret < 0) {
-			vd_err_set(err, -ret, "%s: repairing", img->path);
-		} else if (img->corrupt && res->corruptions == res->corruptions_fixed) {
-			img->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
-			s->warned_corrupt = img->corrupt;
-		}
-	}
-out:
-	free(k.counts);
-	free(k.l2buf);
-	if (loaded_here) {
-		vd_qcow2_refcounts_free(s);
-	}
-	return ret;
 }

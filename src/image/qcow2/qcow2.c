@@ -660,7 +660,7 @@ static int qcow2_open(struct vd_image *img, const struct vd_image_opts *o, struc
 				goto fail;
 			}
 		}
-		if (!img->corrupt && !metadata_refcounts_ok(img)) {
+		if (!img->corrupt && (s->reftable_bad || !metadata_refcounts_ok(img))) {
 			img->corrupt = true;
 			s->warned_corrupt = true;
 			vd_log(VD_LOG_ERR,
