@@ -7,7 +7,8 @@
 #
 # Environment:
 #   VDISK_TEST_SUITES="unit func"  only these meson suites (default: all)
-#   VDISK_TEST_SKIP="asan tidy"    skip steps: format release asan tsan tidy cppcheck ban
+#   VDISK_TEST_SKIP="asan tidy"    skip steps: format release asan tsan fuzz tidy cppcheck ban
+#   VDISK_FUZZ_SECONDS=N            libFuzzer time per target in the fuzz step (default 20)
 #   JOBS=N                          ninja -j (default 2)
 set -uo pipefail
 
@@ -209,6 +210,60 @@ if ! skipped tsan; then
 		TSAN_OPTIONS=halt_on_error=1 meson test -C build-tsan --no-rebuild --print-errorlogs \
 			queue-datapath io-conformance
 		count_testlog tsan build-tsan/meson-logs/testlog.json
+	fi
+fi
+
+# Each libFuzzer target (clang, ASan+UBSan) fuzzes for a while from its
+# committed corpus: the replays in the 'fuzz' suite only re-run known
+# inputs. A crash fails the step and leaves the input in build-fuzz/crashes/;
+# add it to tests/fuzz/corpus/<target>/ with the fix.
+if ! skipped fuzz; then
+	section "fuzz: libFuzzer, ${VDISK_FUZZ_SECONDS:-20}s per target (clang -fsanitize=fuzzer,address,undefined)"
+	rc=0
+	if [ ! -f build-fuzz/build.ninja ]; then
+		rm -rf build-fuzz
+		CC=clang meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined \
+			-Db_lundef=false >/dev/null || rc=$?
+	fi
+	fuzzers=()
+	if [ "$rc" -eq 0 ]; then
+		mapfile -t fuzzers < <(meson introspect --targets build-fuzz | python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    n = t["name"]
+    if n.startswith("fuzz-") and not n.endswith("-replay"):
+        print(n[len("fuzz-"):])
+')
+		targets=()
+		for t in "${fuzzers[@]}"; do
+			targets+=("tests/fuzz/fuzz-$t")
+		done
+		[ "${#targets[@]}" -gt 0 ] || rc=1
+		[ "$rc" -ne 0 ] || ninja -C build-fuzz -j "$JOBS" "${targets[@]}" || rc=$?
+	fi
+	step_result "fuzz: build" "$rc"
+	if [ "$rc" -eq 0 ]; then
+		mkdir -p build-fuzz/crashes
+		for t in "${fuzzers[@]}"; do
+			work=$(mktemp -d)
+			cp -r "tests/fuzz/corpus/$t/." "$work/"
+			dict=()
+			[ -f "tests/fuzz/$t.dict" ] && dict=(-dict="tests/fuzz/$t.dict")
+			trc=0
+			UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
+				timeout $(( ${VDISK_FUZZ_SECONDS:-20} * 3 + 60 )) \
+				"build-fuzz/tests/fuzz/fuzz-$t" -max_total_time="${VDISK_FUZZ_SECONDS:-20}" \
+				-timeout=10 -rss_limit_mb=4096 -print_final_stats=1 "${dict[@]}" \
+				-artifact_prefix="build-fuzz/crashes/$t-" "$work" >"build-fuzz/fuzz-$t.log" 2>&1 ||
+				trc=$?
+			rm -rf "$work"
+			echo "fuzz-$t: rc $trc, $(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' \
+				"build-fuzz/fuzz-$t.log" | grep -oE '[0-9]+$') runs"
+			if [ "$trc" -ne 0 ]; then
+				grep -E -m 20 'ERROR|SUMMARY|Test unit written|==[0-9]+==' "build-fuzz/fuzz-$t.log"
+			fi
+			step_result "fuzz: $t" "$trc"
+		done
 	fi
 fi
 
