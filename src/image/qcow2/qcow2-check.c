@@ -33,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/log.h"
 #include "image/qcow2/qcow2-int.h"
@@ -93,17 +92,6 @@ static void corruption(struct chk *k)
 static void fixed(struct chk *k)
 {
 	k->res->corruptions_fixed++;
-}
-
-static uint64_t file_size(struct qcow2_state *s)
-{
-	uint64_t sz = s->file->info.size_bytes;
-	struct stat st;
-
-	if (s->file->fd >= 0 && fstat(s->file->fd, &st) == 0 && S_ISREG(st.st_mode)) {
-		sz = VD_MAX(sz, (uint64_t)st.st_size);
-	}
-	return sz;
 }
 
 /* Read len bytes at off; what lies past the end of the file reads as zeroes. */
@@ -712,7 +700,7 @@ static int check_run(struct chk *k)
 	bool l1_changed = false;
 	int ret;
 
-	k->file_bytes = file_size(s);
+	k->file_bytes = vd_qcow2_file_bytes(s);
 	/* a compressed range may start in the last cluster and span two more */
 	k->nclusters = VD_DIV_ROUND_UP(k->file_bytes, s->cluster_bytes) + 3;
 	k->nclusters = VD_MAX(k->nclusters, s->file_end_bytes / s->cluster_bytes);

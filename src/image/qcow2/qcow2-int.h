@@ -415,6 +415,8 @@ int vd_qcow2_inflate(struct qcow2_state *s, const uint8_t *src, size_t src_len, 
 int vd_qcow2_l1_writeback(struct qcow2_state *s);
 
 /* qcow2-refcount.c */
+/* The file's size: the larger of the io layer's view and fstat's (a regular file). */
+uint64_t vd_qcow2_file_bytes(struct qcow2_state *s);
 int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err);
 void vd_qcow2_refcounts_free(struct qcow2_state *s);
 uint64_t vd_qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster);

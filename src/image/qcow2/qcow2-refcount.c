@@ -66,7 +66,7 @@ void vd_qcow2_refcount_encode(uint8_t *blk, unsigned int order, uint64_t i, uint
 	}
 }
 
-static uint64_t file_size(struct qcow2_state *s)
+uint64_t vd_qcow2_file_bytes(struct qcow2_state *s)
 {
 	uint64_t sz = s->file->info.size_bytes;
 	struct stat st;
@@ -97,7 +97,7 @@ void vd_qcow2_refcounts_free(struct qcow2_state *s)
 int vd_qcow2_refcounts_load(struct vd_image *img, struct vd_err *err)
 {
 	struct qcow2_state *s = qcow2_s(img);
-	uint64_t fsz = file_size(s), nonzero = 0;
+	uint64_t fsz = vd_qcow2_file_bytes(s), nonzero = 0;
 	uint8_t *buf;
 	int ret;
 
