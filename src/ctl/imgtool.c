@@ -509,7 +509,15 @@ int vd_imgtool_check(const char *path, const char *format, bool repair, bool jso
 	char fmt[16];
 	int ret;
 
-	ret = open_image(path, format, !repair, &img, err);
+	struct vd_image_opts o = {
+		.format = format,
+		.io_backend = "uring",
+		.readonly = !repair,
+		.repair = repair,
+		.cache = VD_CACHE_WRITEBACK,
+	};
+
+	ret = open_image_opts(path, &o, &img, err);
 	if (ret < 0) {
 		return ret;
 	}

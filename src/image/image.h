@@ -93,6 +93,12 @@ struct vd_image_opts {
 	 */
 	bool force_share;
 	bool backing_force_share;
+	/*
+	 * check --repair: a read-write open of an image whose metadata says it
+	 * is corrupt (qcow2's corrupt bit) is allowed, for the repair only: the
+	 * image stays refused for writing until the repair clears the mark.
+	 */
+	bool repair;
 	struct vd_backing_policy backing; /* backing files this image may use */
 };
 

@@ -287,9 +287,16 @@ static int walk_l1(struct chk *k, uint64_t *l1, uint64_t l1_size, bool active, b
 			return ret;
 		}
 		for (uint64_t e = 0; e < s->l2_entries; e++) {
+			uint8_t *p = k->l2buf + e * s->l2_entry_bytes;
+
 			l2_changed |= check_l2_entry(
-				k, k->l2buf + e * s->l2_entry_bytes, i, e,
+				k, p, i, e,
 				k->repair && active && may_write(k, l2_off, s->cluster_bytes));
+			/* qemu-img check's "allocated": guest clusters the active table maps */
+			if (active &&
+			    (qcow2_be64(p) & (QCOW2_OFLAG_COMPRESSED | QCOW2_OFFSET_MASK))) {
+				k->res->allocated_units++;
+			}
 		}
 		if (l2_changed) {
 			ret = vd_qcow2_pwrite(s, k->l2buf, s->cluster_bytes, l2_off);
@@ -468,9 +475,6 @@ static void compare(struct chk *k)
 			continue;
 		}
 		r = vd_qcow2_refcount_get(s, c);
-		if (n) {
-			res->allocated_units++;
-		}
 		if (r == n) {
 			continue;
 		}
@@ -739,7 +743,7 @@ static int check_run(struct chk *k)
 		return ret;
 	}
 	compare(k);
-	k->res->total_units = VD_DIV_ROUND_UP(k->file_bytes, s->cluster_bytes);
+	k->res->total_units = VD_DIV_ROUND_UP(s->size_bytes, s->cluster_bytes);
 	if (k->repair) {
 		return repair(k, l1_changed);
 	}
@@ -788,6 +792,14 @@ int vd_qcow2_check(struct vd_image *img, bool repair, struct vd_check_result *re
 		}
 		if (ret == 0 && img->corrupt && res->corruptions == res->corruptions_fixed &&
 		    !s->reftable_bad) {
+			/*
+			 * Everything found was fixed: the on-disk mark goes, once
+			 * the repair's own writes are durable (as qemu-img check -r).
+			 */
+			if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && img->opts.repair &&
+			    vd_qcow2_fsync(s) == 0) {
+				(void)vd_qcow2_set_incompat(s, QCOW2_INCOMPAT_CORRUPT, false);
+			}
 			img->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
 			s->warned_corrupt = img->corrupt;
 		}

@@ -530,10 +530,10 @@ static int qcow2_open(struct vd_image *img, const struct vd_image_opts *o, struc
 				 s->compression_type);
 		goto fail;
 	}
-	if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && !img->readonly) {
+	if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && !img->readonly && !img->opts.repair) {
 		ret = vd_err_set(err, EIO,
 				 "%s: the image is marked corrupt; open it read-only or repair it "
-				 "with qemu-img check -r all",
+				 "with vdisk check --repair",
 				 img->path);
 		goto fail;
 	}

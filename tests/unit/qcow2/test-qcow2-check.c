@@ -348,6 +348,41 @@ static void test_unused_reftable_entry(void **state)
 	free(b);
 }
 
+/* ---- the on-disk corrupt mark: check --repair clears it (as qemu-img check -r) ---- */
+
+static void test_corrupt_mark_repaired(void **state)
+{
+	struct vd_image_opts o = { .cache = VD_CACHE_WRITEBACK, .format = "qcow2" };
+	struct vd_err err = { 0 };
+	uint8_t *before, *after;
+	struct vd_image *img;
+	char path[600];
+
+	make(path, sizeof(path), "corrupt-mark.qcow2");
+	put64(path, 72, get64(path, 72) | QCOW2_INCOMPAT_CORRUPT);
+	/* refused for writing, readable */
+	assert_int_equal(vd_image_open(path, &o, &img, &err), -EIO);
+	before = dump(path);
+	assert_int_equal(tool_check(path, true), VD_CHECK_CLEAN);
+	assert_int_equal(get64(path, 72) & QCOW2_INCOMPAT_CORRUPT, 0);
+	img = open_img(path, false);
+	assert_false(img->corrupt);
+	vd_image_close(img);
+	after = dump(path);
+	assert_memory_equal(before, after, SIZE);
+	free(before);
+	free(after);
+
+	/* an unfixable image keeps its mark */
+	make(path, sizeof(path), "corrupt-mark-l1.qcow2");
+	put64(path, 72, get64(path, 72) | QCOW2_INCOMPAT_CORRUPT);
+	put64(path, l1_off(path), (1ull << 63) | reftable_off(path));
+	/* the mark stays exactly while a fresh check still finds corruption */
+	(void)tool_check(path, true);
+	assert_int_equal(check_ro(path).corruptions != 0,
+			 (get64(path, 72) & QCOW2_INCOMPAT_CORRUPT) != 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -359,6 +394,7 @@ int main(void)
 		cmocka_unit_test(test_reftable_over_data),
 		cmocka_unit_test(test_header_qemu_refuses),
 		cmocka_unit_test(test_unused_reftable_entry),
+		cmocka_unit_test(test_corrupt_mark_repaired),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
