@@ -265,7 +265,12 @@ static int after_failed_op(struct model *m, struct vd_image_sync *s, uint32_t id
 	for (j = 0; j < n; j++) {
 		uint32_t got = decode(m->buf + (size_t)j * SECTOR, first + j);
 
-		if (got == id && !acceptable(m, first + j, got)) {
+		/*
+		 * The failed op's own content landed: log it as the newest, even
+		 * where it equals an older value (the durable one, say, which a
+		 * later write in the log would otherwise win over at the flush).
+		 */
+		if (got == id) {
 			struct logent *e = m->nlog ? &m->log[m->nlog - 1] : NULL;
 
 			if (e && e->id == id && e->first + e->nsec == first + j) {

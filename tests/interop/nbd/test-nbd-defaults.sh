@@ -53,14 +53,16 @@ grep -q "unix:$SOCK" "$T/d.log" || fail "the URI printed is not the socket's"
 ok "default: UNIX socket $SOCK (0600, directory 0700), nothing on TCP"
 
 # 2. a --socket that names a regular file, or a live server's socket: refused
+# (img2.raw: the first server holds img.raw's write lock)
+cp "$T/img.raw" "$T/img2.raw"
 rc=0
-"$VDISK" serve-nbd "$T/img.raw" --socket "$T/img.raw" >"$T/f.log" 2>&1 || rc=$?
+"$VDISK" serve-nbd "$T/img2.raw" --socket "$T/img.raw" >"$T/f.log" 2>&1 || rc=$?
 [ "$rc" -ne 0 ] || fail "serve-nbd --socket on a regular file succeeded"
 [ -f "$T/img.raw" ] && [ "$(stat -c %s "$T/img.raw")" = $((16 << 20)) ] ||
 	fail "serve-nbd --socket IMAGE removed the image"
 grep -q "not a socket" "$T/f.log" || fail "no clear message for a non-socket path"
 rc=0
-"$VDISK" serve-nbd "$T/img.raw" --socket "$SOCK" >"$T/l.log" 2>&1 || rc=$?
+"$VDISK" serve-nbd "$T/img2.raw" --socket "$SOCK" >"$T/l.log" 2>&1 || rc=$?
 [ "$rc" -ne 0 ] || fail "a second server took over a live socket"
 nbdinfo --size "nbd+unix:///?socket=$SOCK" >/dev/null || fail "the first server lost its socket"
 ok "--socket: a regular file and a live server's socket are refused and left alone"
