@@ -60,7 +60,8 @@
 # what each engine's datapath does without a format (the ceiling for its
 # format rows), beside fio.
 #
-# Output in bench/results/<date>-formats/: table.txt (also printed),
+# Output in bench/out/<date>-formats/ (untracked; the table also replaces the
+# formats section of bench/RESULTS.md): table.txt (also printed),
 # results.tsv, raw/ (fio JSON, simguest JSON, qemu-img output, vdiskd log),
 # machine.txt (CPU, memory, kernel, filesystem, versions, build, load).
 #
@@ -90,7 +91,7 @@ fi
 SIZE=${BENCH_SIZE:-4G}
 CASES=${BENCH_CASES:-.}
 STAMP=$(date +%Y%m%d-%H%M)
-OUT=${BENCH_OUT:-$BENCH_DIR/results/$STAMP-formats}
+OUT=${BENCH_OUT:-$BENCH_DIR/out/$STAMP-formats}
 mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
 TSV=$OUT/results.tsv
@@ -527,3 +528,5 @@ for fmt in ("raw", "vhd", "qcow2"):
         print("%-7s %-16s %14.2f %12.2f %15.2f" % (fmt, wl, rq, rf, re_))
 EOF
 vd_log "results in $OUT"
+python3 "$BENCH_DIR/record.py" "$BENCH_DIR/RESULTS.md" formats "$OUT/table.txt" \
+	"bench/formats.sh (BENCH_FORMATS=${BENCH_FORMATS:-all}), raw outputs in $OUT"

@@ -20,7 +20,8 @@
 # per I/O (user+sys of the server process over the fio run, ramp included,
 # divided by IOPS x that time: the same approximation for both servers) and
 # vdisk/qsd ratios, results.tsv, and the raw fio JSON in
-# bench/results/<date>-nbd/.
+# bench/out/<date>-nbd/ (untracked); the table also replaces the nbd section
+# of bench/RESULTS.md.
 # Knobs: VDISK_BUILD_DIR (default ./build; a release build), BENCH_RUNTIME,
 # BENCH_SIZE (default 1G, quick 256M), BENCH_FORMATS ("raw qcow2 vpc"),
 # BENCH_CASES (regex), BENCH_DIR (where the images go, default a temp dir).
@@ -41,7 +42,7 @@ fio --enghelp 2>/dev/null | grep -qw nbd || { echo "fio has no nbd engine"; exit
 [ -x "$VDISK" ] || { echo "no $VDISK: build first (meson setup build && ninja -C build)"; exit 1; }
 
 STAMP=$(date -u +%Y%m%d-%H%M)
-OUT=$ROOT/bench/results/$STAMP-nbd
+OUT=$ROOT/bench/out/$STAMP-nbd
 mkdir -p "$OUT/raw"
 W=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/var/tmp}}/nbd-bench.XXXXXX")
 SRV=
@@ -163,3 +164,5 @@ for (fmt, case), s in by.items():
           "" if ratio >= t else "  <"))
 PY
 echo "results in $OUT"
+python3 "$ROOT/bench/record.py" "$ROOT/bench/RESULTS.md" nbd "$OUT/table.txt" \
+	"bench/nbd.sh (BENCH_QUICK=$QUICK BENCH_FORMATS=\"$FORMATS\" BENCH_CASES=\"$CASES_RE\"), raw outputs in ${OUT#"$ROOT"/}"

@@ -24,7 +24,8 @@
 # once (8 read-only VBDs on the file, 4k randread QD32) vs fio with 8 jobs.
 #
 # Output: a table (stdout and table.txt), results.tsv, chart.png (gnuplot),
-# raw fio/simguest output and machine details in bench/results/<date>/.
+# raw fio/simguest output and machine details in bench/out/<date>/ (untracked);
+# the table also replaces the datapath section of bench/RESULTS.md.
 # Backend CPU per I/O: the worker process's getrusage (user+sys, all queue
 # threads) from connect to disconnect, as it logs it, over the requests it
 # served; for fio, the CPU of the fio process (getrusage of children).
@@ -38,7 +39,7 @@
 #   BENCH_CASES       regex on case names to run a subset (e.g. 'rr4k|mem')
 #   BENCH_POLL_US     polling-duration for prod (default: the daemon's default)
 #   BENCH_POLL_IDLE   polling-idle-threshold for prod (default: the daemon's)
-#   BENCH_OUT         results dir (default bench/results/<date>)
+#   BENCH_OUT         results dir (default bench/out/<date>)
 # Needs: fio, python3, xenstore-utils; gnuplot for the chart (skipped if absent).
 # Not part of any test suite: run it by hand.
 set -euo pipefail
@@ -57,7 +58,7 @@ else
 fi
 CASES=${BENCH_CASES:-.}
 STAMP=$(date +%Y%m%d-%H%M%S)
-OUT=${BENCH_OUT:-$BENCH_DIR/results/$STAMP}
+OUT=${BENCH_OUT:-$BENCH_DIR/out/$STAMP}
 mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
 TSV=$OUT/results.tsv
@@ -332,3 +333,5 @@ if command -v gnuplot >/dev/null; then
 		vd_log "gnuplot failed (see $OUT/gnuplot.err)"
 fi
 vd_log "results in $OUT"
+python3 "$BENCH_DIR/record.py" "$BENCH_DIR/RESULTS.md" datapath "$OUT/table.txt" \
+	"bench/run.sh${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}, raw outputs in $OUT"
