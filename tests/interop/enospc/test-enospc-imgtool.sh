@@ -13,18 +13,14 @@ skip() {
 	echo "SKIP: $*"
 	exit 77
 }
-[ "$(id -u)" -eq 0 ] || skip "needs root (loop mount)"
-for t in qemu-io qemu-img mkfs.ext4 losetup mount umount md5sum; do
-	command -v "$t" >/dev/null || skip "$t not installed"
-done
-losetup -f >/dev/null 2>&1 || skip "no free loop device"
+. "$(dirname "$0")/../lib-loopfs.sh"
+loopfs_require qemu-io qemu-img md5sum
 [ -x "$VDISK" ] || skip "$VDISK not built"
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/enospc-tool.XXXXXX")
 MNT=$T/mnt
-MOUNTED=
 cleanup() {
-	[ -z "$MOUNTED" ] || umount "$MNT" || umount -l "$MNT" || true
+	loopfs_umount
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -32,11 +28,7 @@ fail() {
 	echo "FAIL: $*" >&2
 	exit 1
 }
-mkdir -p "$MNT"
-truncate -s 24M "$T/fs.img"
-mkfs.ext4 -q -F "$T/fs.img"
-mount -o loop "$T/fs.img" "$MNT" || skip "cannot loop-mount"
-MOUNTED=1
+loopfs_mount 24M "$MNT"
 
 # expect_enospc LOG: the command failed (checked by the caller) saying so
 expect_enospc() {

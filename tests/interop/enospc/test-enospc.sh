@@ -18,23 +18,19 @@ skip() {
 	echo "SKIP: $*"
 	exit 77
 }
-[ "$(id -u)" -eq 0 ] || skip "needs root (loop mount)"
-for t in qemu-io qemu-img mkfs.ext4 losetup mount umount python3; do
-	command -v "$t" >/dev/null || skip "$t not installed"
-done
-losetup -f >/dev/null 2>&1 || skip "no free loop device"
+. "$(dirname "$0")/../lib-loopfs.sh"
+loopfs_require qemu-io qemu-img python3
 [ -x "$VDISK" ] || skip "$VDISK not built"
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/enospc.XXXXXX")
 MNT=$T/mnt
 SRV=
-MOUNTED=
 cleanup() {
 	if [ -n "$SRV" ]; then
 		kill "$SRV" 2>/dev/null || true
 		wait "$SRV" 2>/dev/null || true
 	fi
-	[ -z "$MOUNTED" ] || umount "$MNT" || umount -l "$MNT" || true
+	loopfs_umount
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -47,11 +43,7 @@ SOCK=$T/nbd.sock
 URI="nbd+unix:///?socket=$SOCK"
 MB=$((1 << 20))
 
-mkdir -p "$MNT"
-truncate -s 64M "$T/fs.img"
-mkfs.ext4 -q -F "$T/fs.img"
-mount -o loop "$T/fs.img" "$MNT" || skip "cannot loop-mount"
-MOUNTED=1
+loopfs_mount 64M "$MNT"
 IMG=$MNT/disk.$FMT
 case $FMT in
 qcow2) qemu-img create -q -f qcow2 -o cluster_size=65536 "$IMG" 1G ;;

@@ -9,20 +9,15 @@ set -euo pipefail
 TOOL=${VHD_TOOL:?VHD_TOOL must point at vhd-tool}
 skip() { echo "SKIP: $*"; exit 77; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || skip "needs root to loop-mount a filesystem"
-for t in qemu-img mkfs.ext4 losetup mount umount; do
-	command -v "$t" >/dev/null || skip "$t not installed"
-done
+. "$(dirname "$0")/../lib-loopfs.sh"
+loopfs_require qemu-img
 T=$(mktemp -d "${TMPDIR:-/tmp}/vhd-enospc.XXXXXX")
 cleanup() {
-	mountpoint -q "$T/mnt" && umount "$T/mnt"
+	loopfs_umount
 	rm -rf "$T"
 }
 trap cleanup EXIT
-truncate -s 48M "$T/fs.img"
-mkfs.ext4 -q -F -m 0 "$T/fs.img" >/dev/null 2>&1 || skip "mkfs.ext4 failed"
-mkdir "$T/mnt"
-mount -o loop "$T/fs.img" "$T/mnt" 2>/dev/null || skip "cannot loop-mount (no loop device?)"
+loopfs_mount 48M "$T/mnt"
 
 IMG=$T/mnt/d.vhd
 MiB=$((1 << 20))
