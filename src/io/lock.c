@@ -75,53 +75,48 @@ static int warn_unsupported(const char *path, int e)
 	return 0;
 }
 
-int vd_lock_test_fd(int fd, unsigned int perm, unsigned int shared, const char *path,
-		    struct vd_err *err)
+/*
+ * Fail with qemu's words if anyone holds a byte base + i for a bit i of
+ * mask: the lock another process would need us not to take ("shared "
+ * names the refusal of a permission somebody uses and we do not share).
+ */
+static int refuse_if_held(int fd, unsigned int base, unsigned int mask, const char *shared,
+			  const char *path, struct vd_err *err)
 {
-	unsigned int i;
-	int r;
-
-	/* What we want to use, nobody may refuse to share... */
-	for (i = 0; i < NR_PERMS; i++) {
+	for (unsigned int i = 0; i < NR_PERMS; i++) {
 		unsigned int bit = 1u << i;
+		int r;
 
-		if (!(perm & bit)) {
+		if (!(mask & bit)) {
 			continue;
 		}
-		r = byte_held(fd, VD_LOCK_SHARED_BASE + (int)i);
+		r = byte_held(fd, (int)(base + i));
 		if (r < 0) {
 			return unsupported(-r) ? warn_unsupported(path, -r)
 					       : vd_err_set(err, -r, "%s: testing lock byte %u",
-							    path, VD_LOCK_SHARED_BASE + i);
+							    path, base + i);
 		}
 		if (r) {
 			return vd_err_set(err, EBUSY,
-					  "%s: failed to get \"%s\" lock (is another process "
+					  "%s: failed to get %s\"%s\" lock (is another process "
 					  "using the image?)",
-					  path, vd_lock_perm_name(bit));
-		}
-	}
-	/* ...and what we do not share, nobody may be using. */
-	for (i = 0; i < NR_PERMS; i++) {
-		unsigned int bit = 1u << i;
-
-		if (shared & bit) {
-			continue;
-		}
-		r = byte_held(fd, VD_LOCK_PERM_BASE + (int)i);
-		if (r < 0) {
-			return unsupported(-r) ? warn_unsupported(path, -r)
-					       : vd_err_set(err, -r, "%s: testing lock byte %u",
-							    path, VD_LOCK_PERM_BASE + i);
-		}
-		if (r) {
-			return vd_err_set(err, EBUSY,
-					  "%s: failed to get shared \"%s\" lock (is another "
-					  "process using the image?)",
-					  path, vd_lock_perm_name(bit));
+					  path, shared, vd_lock_perm_name(bit));
 		}
 	}
 	return 0;
+}
+
+int vd_lock_test_fd(int fd, unsigned int perm, unsigned int shared, const char *path,
+		    struct vd_err *err)
+{
+	/* What we want to use, nobody may refuse to share... */
+	int r = refuse_if_held(fd, VD_LOCK_SHARED_BASE, perm, "", path, err);
+
+	/* ...and what we do not share, nobody may be using. */
+	if (r == 0) {
+		r = refuse_if_held(fd, VD_LOCK_PERM_BASE, ~shared, "shared ", path, err);
+	}
+	return r;
 }
 
 int vd_lock_fd(int fd, unsigned int perm, unsigned int shared, const char *path, struct vd_err *err)
